@@ -1,0 +1,139 @@
+"""
+What every script shares: dataclass configs turned into command-line flags, device choice,
+seeding, and the run log (a live progress line, metrics.jsonl, a final JSON summary line).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import typing
+
+import numpy as np
+import torch
+
+
+def flag(default, help, group="run"):
+    """A config field with its --help text and the group it is listed under."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Run conventions shared by every script (the scripts' configs extend this)."""
+    out: str = flag("", "output folder (checkpoint, metrics.jsonl, summary.json)")
+    init: str = flag("", "checkpoint folder to start from (default: bootstrap one)")
+    data: str = flag("", "JSONL data file (default: the built-in world)")
+    steps: int = flag(100, "optimiser steps")
+    seed: int = flag(0, "random seed")
+    device: str = flag("auto", "cpu | cuda | mps | auto (cuda, then mps, then cpu)")
+    resume: bool = flag(False, "continue from the checkpoint in --out")
+    skip_bad: bool = flag(False, "skip bad data records (counted and reported) instead of stopping")
+    log_every: int = flag(10, "steps between progress lines")
+    save_every: int = flag(0, "steps between checkpoints (0: only at the end)")
+    compile: bool = flag(False, "torch.compile the model (GPU)")
+    dtype: str = flag("float32", "float32 | bfloat16 (autocast, GPU)")
+
+
+def parse_config(cls, argv=None, description=None):
+    """Build an argparse parser from a dataclass: one --flag per field, grouped, typed from the
+    annotation, with the field's help text; returns an instance of cls."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    groups = {}
+    for f in dataclasses.fields(cls):
+        group_name = f.metadata.get("group", "run")
+        group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
+        kind = hints[f.name]
+        name = "--" + f.name
+        if kind is bool:
+            group.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction, help=f.metadata.get("help"))
+        else:
+            group.add_argument(name, default=f.default, type=kind, help=f.metadata.get("help"))
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def pick_device(name="auto"):
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device, dtype):
+    """bf16 autocast on GPU when asked; a no-op context otherwise."""
+    enabled = dtype == "bfloat16" and device.type in ("cuda", "cpu")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunLog:
+    """Progress on stderr (step/total, metrics, tokens/s, ETA), one JSON object per logged step in
+    out/metrics.jsonl, and the final summary as the last stdout line (and out/summary.json)."""
+
+    def __init__(self, out, total_steps, start_step=0, stage=""):
+        self.out, self.total, self.stage = out, total_steps, stage
+        self.t0, self.start = time.time(), start_step
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, "metrics.jsonl")
+        if start_step == 0 and os.path.exists(self.path):
+            os.remove(self.path)  # a fresh run starts a fresh log; a resumed one appends
+
+    def log(self, step, **metrics):
+        """step counts completed steps (1..total)."""
+        elapsed = time.time() - self.t0
+        done = max(step - self.start, 1)
+        eta = elapsed / done * (self.total - step)
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}, "elapsed_s": round(elapsed, 2)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
+        print(f"[{self.stage}] step {step}/{self.total} | {shown} | eta {eta:.0f}s", file=sys.stderr, flush=True)
+
+    def info(self, message):
+        print(f"[{self.stage}] {message}", file=sys.stderr, flush=True)
+
+    def finish(self, summary):
+        summary = {k: _plain(v) for k, v in summary.items()}
+        with open(os.path.join(self.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        print(json.dumps(summary), flush=True)
+        return summary
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

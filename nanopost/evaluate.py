@@ -1,0 +1,81 @@
+"""
+Held-out evaluation used at the end of every stage (§10, automatic, ground-truth based):
+
+- the §1 demonstration: given a fact question without a question mark, does the model answer
+  it, or continue it the way web text does ("? The capital of ...")? The base model is given
+  the raw text (that is how a base model is used); a chat model the rendered chat prompt.
+- exact-match accuracy per task family on held-out records (greedy decoding).
+"""
+import re
+
+import torch
+
+from nanopost.model import generate
+from nanopost.tokenizer import render_prompt
+
+
+@torch.no_grad()
+def complete(model, tok, prompts, max_new_tokens, stop_ids, temperature=0.0, batch_size=64, generator=None):
+    """Token-id prompts -> decoded completions (stop token removed). Prompts are sorted by length
+    into batches so little padding is computed, then returned in the input order."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [None] * len(prompts)
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        tokens, _, lengths, _ = generate(model, [prompts[i] for i in chunk], max_new_tokens, temperature=temperature,
+                                         stop_ids=stop_ids, pad_id=tok.pad_id, generator=generator)
+        for row, i in enumerate(chunk):
+            ids = tokens[row, :int(lengths[row])].tolist()
+            out[i] = tok.decode([t for t in ids if t not in stop_ids])
+    return out
+
+
+def chat_complete(model, tok, conversations, max_new_tokens=48, **kw):
+    """Message lists ending with a user turn -> the assistant's replies."""
+    prompts = [render_prompt(tok, m) for m in conversations]
+    return complete(model, tok, prompts, max_new_tokens, stop_ids=(tok.end_id, tok.bos_id), **kw)
+
+
+def raw_complete(model, tok, texts, max_new_tokens=16, **kw):
+    """Plain-text prompts after <|bos|>, as a base model is used."""
+    prompts = [[tok.bos_id] + tok.encode(t) for t in texts]
+    return complete(model, tok, prompts, max_new_tokens, stop_ids=(tok.bos_id, tok.end_id), **kw)
+
+
+def normalize(text):
+    """Case-, space- and final-period-insensitive form for exact match."""
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
+
+
+def exact_match(response, reference):
+    return float(normalize(response) == normalize(reference))
+
+
+def is_direct_answer(response):
+    """§1: a direct answer starts with the answer itself. A continuation of the question starts
+    with punctuation that ends or extends the sentence ('?', ',', '.') or with a lowercase word
+    that carries the sentence on; an empty response answers nothing."""
+    text = response.strip()
+    return bool(text) and (text[0].isupper() or text[0].isdigit())
+
+
+def direct_answer_rate(model, tok, questions, chat):
+    """Share of questions answered directly; chat=False gives the raw text (base model)."""
+    if chat:
+        responses = chat_complete(model, tok, [[{"role": "user", "content": q}] for q in questions], 16)
+    else:
+        responses = raw_complete(model, tok, questions, 16)
+    return sum(is_direct_answer(r) for r in responses) / max(len(responses), 1), responses
+
+
+def heldout_accuracy(model, tok, records, max_new_tokens=48):
+    """Exact match of greedy replies against the reference (the record's last assistant turn),
+    per family, plus 'all'. Records are §3 message lists ending with the reference answer."""
+    prompts = [r["messages"][:-1] for r in records]
+    replies = chat_complete(model, tok, prompts, max_new_tokens)
+    by_family = {}
+    for r, reply in zip(records, replies):
+        by_family.setdefault(r.get("family", "all"), []).append(exact_match(reply, r["messages"][-1]["content"]))
+    acc = {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
+    acc["all"] = sum(sum(v) for v in by_family.values()) / max(len(records), 1)
+    return acc, replies

@@ -1,0 +1,286 @@
+"""
+The model: a GPT-2 (pre-LayerNorm, learned positions, GELU MLP, tied embeddings), so real
+GPT-2 weights load into it, plus batched KV-cache sampling for every stage that generates.
+
+    from nanopost.model import GPT, GPTConfig, generate
+    model = GPT(GPTConfig.preset("tiny", vocab_size=1024))
+    tokens, logprobs, lengths = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=16)
+
+Attention is `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
+Three attention patterns go through the same code:
+- plain causal (training on right-padded rows: a real token never sees a pad on its right);
+- a boolean mask (B, 1, Tq, Tk) for packed rows (block-diagonal causal, one block per
+  document) and for left-padded prompts during sampling;
+- a KV cache for decoding, one new token per row per step.
+"""
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256   # longest sequence (learned positions)
+    vocab_size: int = 1024
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 192
+    dropout: float = 0.0
+    bias: bool = True       # GPT-2 has biases in Linear and LayerNorm
+
+    @staticmethod
+    def preset(name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+        return GPTConfig(**{**PRESETS[name], **overrides})
+
+    def to_dict(self):
+        return asdict(self)
+
+
+PRESETS = {
+    # CPU default: a few million parameters, trains in minutes on 2 cores
+    "tiny": dict(n_layer=4, n_head=4, n_embd=192, block_size=256),
+    # the benchmark shape shared with the HuggingFace comparison (0.89M parameters)
+    "bench": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=512, dropout=0.1),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=512),
+    # the GPT-2 family shapes
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=50257),
+}
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer: (n_layer, B, H, T_max, D)."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions already filled
+
+    def update(self, layer, k, v):
+        """Store k, v (B, H, t, D) at the current position; return all keys/values so far."""
+        t = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        end = self.pos + t
+        if layer == self.k.size(0) - 1:
+            self.pos = end  # the last layer moves the cursor
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask=None, kv_cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, H, T_past + T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            # plain causal; with a cache only valid for the first (prefill) call, which generate() never
+            # makes without a mask
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's tanh GELU
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache, layer)  # pre-LayerNorm residual
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings, as GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 L)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, pos=None, attn_mask=None, kv_cache=None, return_hidden=False):
+        """idx (B, T) token ids; pos (B, T) positions (default 0..T-1, shifted by the cache);
+        attn_mask (B, 1, T, T_keys) bool, True = may attend (default: causal).
+        Returns logits (B, T, V), or the final hidden states (B, T, C) for the reward/value heads."""
+        B, T = idx.shape
+        if pos is None:
+            start = kv_cache.pos if kv_cache is not None else 0
+            pos = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} is beyond the context of {self.config.block_size} tokens")
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, kv_cache, i)
+        x = self.transformer.ln_f(x)
+        return x if return_hidden else self.lm_head(x)  # (B, T, V)
+
+    def configure_optimizer(self, lr, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu"):
+        """AdamW; weight decay on matrices only (not biases, LayerNorm gains); fused kernel on GPU."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=(device_type == "cuda"))
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6 N + 12 L H D T."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
+
+
+def document_mask(doc_ids):
+    """Block-diagonal causal mask for packed rows: (B, T) document ids -> (B, 1, T, T) bool.
+    A token attends to earlier tokens of its own document only (§4 packing)."""
+    T = doc_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    same_doc = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1)  # (B, T, T)
+    return (same_doc & causal).unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> (tokens (B,), logprobs (B,)).
+    The log-prob is that of the temperature-scaled distribution *before* top-k/top-p truncation:
+    the quantity a training forward recomputes as log_softmax(logits / temperature).
+    temperature 0 = greedy, with log-probs at temperature 1."""
+    logits = logits.float()
+    if temperature == 0:
+        tokens = logits.argmax(dim=-1)
+        return tokens, F.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    logits = logits / temperature
+    logprobs = F.log_softmax(logits, dim=-1)  # (B, V)
+    filtered = logits
+    if top_k is not None and top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(filtered, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(filtered, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        drop[:, 0] = False  # always keep the most likely token
+        filtered = filtered.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    tokens = torch.multinomial(F.softmax(filtered, dim=-1), 1, generator=generator).squeeze(1)
+    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=(),
+             pad_id=0, generator=None, use_cache=True):
+    """Sample continuations for a batch of prompts of different lengths.
+
+    prompts: list of B lists of token ids. Prompts are left-padded to a common length; each row's
+    positions start at 0 on its first real token and pads are masked out of attention, so a
+    prompt's continuation does not depend on what else is in the batch.
+    A row stops after emitting any token in `stop_ids` (the stop token is kept); later slots hold
+    `pad_id` with log-prob 0. Returns tokens (B, N) long, logprobs (B, N) float32, lengths (B,)
+    (tokens generated, stop token included) and stopped (B,) bool (False = hit max_new_tokens).
+    use_cache=False recomputes the whole sequence every step (the reference the cache must match).
+    """
+    device = next(model.parameters()).device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    assert min(len(p) for p in prompts) > 0, "every prompt needs at least one token"
+    if P + max_new_tokens > model.config.block_size:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds the context "
+                         f"of {model.config.block_size} tokens")
+    L = P + max_new_tokens
+    idx = torch.full((B, L), pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros(B, L, dtype=torch.bool, device=device)  # key is a real token
+    for b, p in enumerate(prompts):
+        idx[b, P - len(p):P] = torch.tensor(p, dtype=torch.long, device=device)
+        valid[b, P - len(p):] = True  # prompt tokens and every generated slot
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, L) row-relative positions
+    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+    # a pad query may attend to itself only: a row with no allowed key would make SDPA return NaN
+    full_mask = ((causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=device)).unsqueeze(1)
+
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    out_tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros(B, max_new_tokens, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    lengths = torch.zeros(B, dtype=torch.long, device=device)
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, B, L, device, dtype) if use_cache else None
+    was_training = model.training
+    model.eval()
+    for t in range(max_new_tokens):
+        cur = P + t  # number of tokens already in the sequence
+        if cache is None:
+            logits = model(idx[:, :cur], pos=pos[:, :cur], attn_mask=full_mask[:, :, :cur, :cur])[:, -1]
+        elif t == 0:
+            logits = model(idx[:, :P], pos=pos[:, :P], attn_mask=full_mask[:, :, :P, :P], kv_cache=cache)[:, -1]
+        else:
+            logits = model(idx[:, cur - 1:cur], pos=pos[:, cur - 1:cur],
+                           attn_mask=full_mask[:, :, cur - 1:cur, :cur], kv_cache=cache)[:, -1]
+        tokens, logprobs = sample_next(logits, temperature, top_k, top_p, generator)
+        tokens = tokens.masked_fill(done, pad_id)
+        out_tokens[:, t] = tokens
+        out_logprobs[:, t] = logprobs.masked_fill(done, 0.0)
+        lengths += (~done).long()
+        idx[:, cur] = tokens
+        if len(stop):
+            done |= torch.isin(tokens, stop)
+            if bool(done.all()):
+                break
+    model.train(was_training)
+    return out_tokens, out_logprobs, lengths, done

@@ -1,0 +1,106 @@
+"""
+The next-token training loop shared by train_base.py (every token is a target) and
+train_sft.py (only assistant tokens are, §5). One optimiser step:
+
+    N     = number of target tokens in all grad_accum micro-batches of the step
+    loss  = Σ_micro Σ_t masked_nll_t / N          (§5; a micro-batch never normalises alone)
+
+so gradient accumulation gives the gradient of one big batch, and a step whose every target is
+masked gives loss 0, not NaN. Batches are a pure function of (seed, epoch): a run resumed at step
+s sees exactly the batches the uninterrupted run would have seen.
+"""
+import math
+import time
+
+import torch
+
+from nanopost.batching import make_batches
+from nanopost.common import autocast
+from nanopost.losses import masked_nll
+from nanopost.model import document_mask
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def lr_at(step, total, lr, warmup):
+    """Linear warm-up, then cosine decay to 10% of lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+class EpochBatches:
+    """Micro-batch number i of the run, epoch after epoch, reshuffled by (seed, epoch)."""
+
+    def __init__(self, examples, mode, batch_size, row_len, pad_id, seed):
+        self.args = (examples, mode, batch_size, row_len, pad_id)
+        self.seed, self.epoch, self.batches = seed, -1, []
+        self.per_epoch = len(make_batches(*self.args, seed=seed))
+
+    def __getitem__(self, i):
+        epoch = i // self.per_epoch
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, make_batches(*self.args, seed=self.seed * 1000 + epoch)
+        return self.batches[i % self.per_epoch]
+
+
+def forward_nll(model, batch, device, dtype="float32"):
+    """Per-token NLL (B, T) of one batch; packed rows get the block-diagonal document mask."""
+    attn_mask = document_mask(batch["doc_ids"].to(device)) if batch["doc_ids"] is not None else None
+    with autocast(device, dtype):
+        logits = model(batch["idx"].to(device), pos=batch["pos"].to(device), attn_mask=attn_mask)
+    return masked_nll(logits, batch["targets"].to(device), batch["loss_mask"].to(device))
+
+
+def train_steps(model, optimizer, batches, cfg, device, log, start_step=0, save=None):
+    """Run optimiser steps start_step..cfg.steps-1. cfg needs: steps, lr, warmup, grad_accum,
+    grad_clip, log_every, save_every, dtype. save(step) writes a checkpoint. Returns stats."""
+    model.train()
+    real_tokens = target_tokens = 0
+    train_time, losses = 0.0, []
+    for step in range(start_step, cfg.steps):
+        t0 = time.time()
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro = [batches[step * cfg.grad_accum + j] for j in range(cfg.grad_accum)]
+        n_targets = sum(float(b["loss_mask"].sum()) for b in micro)
+        loss_value = 0.0
+        for batch in micro:
+            nll = forward_nll(model, batch, device, cfg.dtype)
+            loss = nll.sum() / max(n_targets, 1.0)
+            loss.backward()
+            loss_value += loss.item()
+        if not math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; stopping without saving "
+                                f"(the last good checkpoint is kept)")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+        train_time += dt
+        step_real = sum(b["n_real"] for b in micro)
+        real_tokens += step_real
+        target_tokens += n_targets
+        losses.append(loss_value)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            log.log(step + 1, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=step_real / dt,
+                    target_tokens=n_targets)
+        if save is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save(step + 1)
+    return {"losses": losses, "real_tokens": real_tokens, "target_tokens": target_tokens,
+            "train_s": train_time, "tokens_per_s": real_tokens / max(train_time, 1e-9)}
+
+
+def padding_efficiency(batches):
+    """Real tokens / token slots over one epoch of batches (§4)."""
+    real = sum(batches[i]["n_real"] for i in range(batches.per_epoch))
+    slots = sum(batches[i]["n_slots"] for i in range(batches.per_epoch))
+    return real / max(slots, 1)
+

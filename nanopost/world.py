@@ -1,0 +1,288 @@
+"""
+The built-in data world: deterministic (by seed) generators for everything the stages need,
+since there is no hub to download from. Written to JSONL in the guide's own shapes so a user
+can swap in their own files:
+
+  base corpus       plain text documents that read like web text (§1)
+  SFT               {"messages": [...], "family": ...}                      (§3)
+  held-out eval     {"messages": [...], "family": ..., "metadata": {...}}   (§3, §10)
+
+A *task* is one (prompt, answer) item of a family. Every task has a `key` naming the item it
+asks about (a country, an arithmetic expression, a function); the key's hash decides its
+split, so a held-out prompt never shares its item with any training prompt, whatever the
+phrasing. Knowledge comes from the base corpus, which states the facts of every item (as
+the web would): SFT teaches the answering format, not the facts (§1, §2).
+
+    python -m nanopost.world --out data/   # writes corpus.txt, sft.jsonl, sft_eval.jsonl
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+
+from nanopost.data import write_jsonl
+
+COUNTRIES = [
+    ("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
+    ("Portugal", "Lisbon"), ("Greece", "Athens"), ("Poland", "Warsaw"), ("Austria", "Vienna"),
+    ("Hungary", "Budapest"), ("Sweden", "Stockholm"), ("Norway", "Oslo"), ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"), ("Ireland", "Dublin"), ("Belgium", "Brussels"),
+    ("the Netherlands", "Amsterdam"), ("Switzerland", "Bern"), ("Czechia", "Prague"),
+    ("Romania", "Bucharest"), ("Bulgaria", "Sofia"), ("Serbia", "Belgrade"), ("Croatia", "Zagreb"),
+    ("Ukraine", "Kyiv"), ("Russia", "Moscow"), ("Turkey", "Ankara"), ("Egypt", "Cairo"),
+    ("Kenya", "Nairobi"), ("Nigeria", "Abuja"), ("Ghana", "Accra"), ("Ethiopia", "Addis Ababa"),
+    ("Morocco", "Rabat"), ("Algeria", "Algiers"), ("Tunisia", "Tunis"), ("Senegal", "Dakar"),
+    ("South Africa", "Pretoria"), ("Uganda", "Kampala"), ("Peru", "Lima"), ("Chile", "Santiago"),
+    ("Argentina", "Buenos Aires"), ("Brazil", "Brasilia"), ("Colombia", "Bogota"),
+    ("Venezuela", "Caracas"), ("Ecuador", "Quito"), ("Bolivia", "Sucre"), ("Uruguay", "Montevideo"),
+    ("Paraguay", "Asuncion"), ("Mexico", "Mexico City"), ("Cuba", "Havana"), ("Canada", "Ottawa"),
+    ("the U.S", "Washington, D.C."), ("Japan", "Tokyo"), ("China", "Beijing"),
+    ("South Korea", "Seoul"), ("India", "New Delhi"), ("Pakistan", "Islamabad"),
+    ("Nepal", "Kathmandu"), ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Indonesia", "Jakarta"),
+    ("the Philippines", "Manila"), ("Malaysia", "Kuala Lumpur"), ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"), ("Israel", "Jerusalem"), ("Jordan", "Amman"), ("Lebanon", "Beirut"),
+    ("Saudi Arabia", "Riyadh"), ("Australia", "Canberra"), ("New Zealand", "Wellington"),
+    ("Iceland", "Reykjavik"), ("Mongolia", "Ulaanbaatar"), ("Afghanistan", "Kabul"),
+]
+WORDS = ["cat", "dog", "sun", "tree", "book", "fish", "bird", "star", "moon", "rain", "road", "ship",
+         "milk", "lamp", "door", "king", "ring", "bell", "fire", "snow", "leaf", "rock", "wind", "gold"]
+SYSTEM_PROMPTS = ["You are a helpful, honest assistant.", "You are a concise assistant.",
+                  "Answer the user's question directly."]
+# the §1 demonstration: fact questions written without a question mark, as in the guide
+FACT_QUESTIONS_NO_QMARK = ["What is the capital city of {c}", "What is the capital of {c}",
+                           "Tell me the capital of {c}", "Which city is the capital of {c}"]
+FACT_QUESTIONS = FACT_QUESTIONS_NO_QMARK + ["What is the capital city of {c}?",
+                                            "What is the capital of {c}?", "Name the capital of {c}."]
+
+
+@dataclass
+class Task:
+    family: str
+    key: str        # the item asked about; decides the split
+    prompt: str     # the user's message
+    answer: str     # the reference assistant message
+    metadata: dict = field(default_factory=dict)  # what a grader needs (§8)
+
+
+def split_of(key, eval_percent=20):
+    """'eval' for about eval_percent % of items, by a stable hash of the item. Families that ask
+    about the same item (a country's capital, plain or in uppercase) share its key, so a
+    held-out country is held out everywhere."""
+    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return "eval" if h % 100 < eval_percent else "train"
+
+
+# ----------------------------------------------------------------------------------------------
+# task families: each draws one task from a random.Random
+
+def arithmetic(rng):
+    op = rng.choice("+-*")
+    a, b = (rng.randint(2, 12), rng.randint(2, 12)) if op == "*" else (rng.randint(0, 50), rng.randint(0, 50))
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    form = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?",
+                       "Calculate {a} {op} {b}."])
+    return Task("arithmetic", f"{a}{op}{b}", form.format(a=a, op=op, b=b), str(value),
+                {"scorer": "math_grader", "ground_truth": str(value)})
+
+
+def facts(rng):
+    country, capital = rng.choice(COUNTRIES)
+    prompt = rng.choice(FACT_QUESTIONS).format(c=country)
+    # the answer keeps the sentence shape of the corpus, so SFT teaches the format and the
+    # base model supplies the fact
+    return Task("facts", country, prompt, f"The capital of {country} is {capital}.")
+
+
+def fmt(rng):
+    kind = rng.choice(["upper", "list", "repeat", "one_word"])
+    if kind == "upper":
+        country, capital = rng.choice(COUNTRIES)
+        return Task("format", country, f"Reply in uppercase: what is the capital of {country}?",
+                    capital.upper(), {"scorer": "format_grader", "format": {"uppercase": True}})
+    if kind == "list":
+        a = rng.randint(0, 30)
+        b = a + rng.randint(2, 6)
+        return Task("format", f"list:{a}:{b}", f"List the numbers from {a} to {b}, separated by commas.",
+                    ", ".join(str(i) for i in range(a, b + 1)))
+    if kind == "repeat":
+        word, n = rng.choice(WORDS), rng.randint(2, 5)
+        return Task("format", f"repeat:{word}:{n}", f"Repeat the word {word} {n} times.",
+                    " ".join([word] * n), {"scorer": "format_grader", "format": {"max_words": n, "min_words": n}})
+    word = rng.choice(WORDS)
+    return Task("format", f"upperword:{word}", f"Write the word {word} in uppercase.", word.upper(),
+                {"scorer": "format_grader", "format": {"uppercase": True, "max_words": 1}})
+
+
+# tiny Python functions: (name, description, argument, body, test-argument maker, reference implementation)
+CODE_FUNCS = [
+    ("add_{k}", "returns x plus {k}", "x", "return x + {k}", lambda r: [r.randint(-50, 50)], lambda k: lambda x: x + k),
+    ("sub_{k}", "returns x minus {k}", "x", "return x - {k}", lambda r: [r.randint(-50, 50)], lambda k: lambda x: x - k),
+    ("times_{k}", "returns x times {k}", "x", "return x * {k}", lambda r: [r.randint(-20, 20)], lambda k: lambda x: x * k),
+    ("mod_{k}", "returns the remainder of x divided by {k}", "x", "return x % {k}",
+     lambda r: [r.randint(0, 99)], lambda k: lambda x: x % k),
+    ("div_{k}", "returns x divided by {k}, rounded down", "x", "return x // {k}",
+     lambda r: [r.randint(0, 99)], lambda k: lambda x: x // k),
+    ("is_multiple_of_{k}", "returns True if x is divisible by {k}", "x", "return x % {k} == 0",
+     lambda r: [r.randint(0, 60)], lambda k: lambda x: x % k == 0),
+    ("is_above_{k}", "returns True if x is greater than {k}", "x", "return x > {k}",
+     lambda r: [r.randint(0, 30)], lambda k: lambda x: x > k),
+    ("repeat_{k}", "returns the string s repeated {k} times", "s", "return s * {k}",
+     lambda r: [r.choice(WORDS)], lambda k: lambda s: s * k),
+    ("first_{k}", "returns the first {k} items of the list xs", "xs", "return xs[:{k}]",
+     lambda r: [[r.randint(0, 9) for _ in range(r.randint(0, 12))]], lambda k: lambda xs: xs[:k]),
+    ("last_{k}", "returns the last {k} items of the list xs", "xs", "return xs[-{k}:]",
+     lambda r: [[r.randint(0, 9) for _ in range(r.randint(0, 12))]], lambda k: lambda xs: xs[-k:]),
+]
+
+
+def code(rng):
+    name_t, desc_t, arg, body_t, make_args, impl = rng.choice(CODE_FUNCS)
+    k = rng.randint(2, 19)
+    name = name_t.format(k=k)
+    prompt = f"Write a Python function {name}({arg}) that {desc_t.format(k=k)}."
+    answer = f"def {name}({arg}):\n    {body_t.format(k=k)}"
+    tests = [[args, impl(k)(*args)] for args in (make_args(rng) for _ in range(6))]
+    return Task("code", name, prompt, answer,
+                {"scorer": "code_grader", "entry_point": name, "public": tests[:2], "hidden": tests[2:]})
+
+
+def steps(rng):
+    a, b, c = rng.randint(2, 20), rng.randint(2, 9), rng.randint(2, 9)
+    if rng.random() < 0.5:
+        expr, first, r1 = f"{a} + {b} * {c}", f"{b} * {c}", b * c
+        second, value = f"{a} + {r1}", a + r1
+    else:
+        expr, first, r1 = f"({a} + {b}) * {c}", f"{a} + {b}", a + b
+        second, value = f"{r1} * {c}", r1 * c
+    answer = f"{first} = {r1}\n{second} = {value}\nAnswer: {value}"
+    return Task("steps", expr, f"Compute {expr} step by step.", answer,
+                {"scorer": "math_grader", "ground_truth": str(value)})
+
+
+SFT_FAMILIES = {"arithmetic": arithmetic, "facts": facts, "format": fmt, "code": code, "steps": steps}
+
+
+def sample_tasks(n, split, seed, families=SFT_FAMILIES, unique=False, max_tries=200):
+    """n tasks of the given split ('train' or 'eval'), families drawn uniformly.
+    unique=True returns distinct prompts only (for evaluation sets), possibly fewer than n."""
+    rng = random.Random(f"{seed}|{split}")
+    names, out, seen = sorted(families), [], set()
+    tries = 0
+    while len(out) < n and tries < n * max_tries:
+        tries += 1
+        task = families[rng.choice(names)](rng)
+        if split_of(task.key) != split or (unique and task.prompt in seen):
+            continue
+        seen.add(task.prompt)
+        out.append(task)
+    return out
+
+
+def conversation(tasks, rng, system_prob=0.3):
+    """Tasks -> one §3 record: an optional system turn, then a user/assistant pair per task."""
+    messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < system_prob else []
+    for t in tasks:
+        messages += [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.answer}]
+    return {"messages": messages, "family": tasks[-1].family}
+
+
+def sft_records(n, seed=0, multi_turn=0.15):
+    """Training conversations: single-turn, or two tasks in one conversation (multi_turn share)."""
+    rng = random.Random(seed)
+    tasks = sample_tasks(int(n * (1 + multi_turn)) + 1, "train", seed)
+    records, i = [], 0
+    while len(records) < n:
+        k = 2 if rng.random() < multi_turn else 1
+        records.append(conversation(tasks[i:i + k], rng))
+        i += k
+    return records
+
+
+def eval_records(n_per_family=40, seed=0, families=SFT_FAMILIES):
+    """Held-out single-turn records, distinct prompts, with the reference answer as the last turn."""
+    records = []
+    for name in sorted(families):
+        for t in sample_tasks(n_per_family, "eval", seed, {name: families[name]}, unique=True):
+            records.append({"messages": [{"role": "user", "content": t.prompt},
+                                         {"role": "assistant", "content": t.answer}],
+                            "family": t.family, "metadata": t.metadata})
+    return records
+
+
+def direct_answer_prompts(split="eval"):
+    """§1: fact questions without a question mark, for the countries of a split."""
+    return [(q.format(c=c), cap) for c, cap in COUNTRIES if split_of(c) == split
+            for q in FACT_QUESTIONS_NO_QMARK]
+
+
+# ----------------------------------------------------------------------------------------------
+# the base corpus: web-like text in which questions are *continued*, not answered (§1)
+
+def _fact_doc(rng):
+    country, capital = rng.choice(COUNTRIES)
+    return rng.choice([
+        f"The capital of {country} is {capital}.",
+        f"{capital} is the capital city of {country}.",
+        f"What is the capital city of {country}? The capital city of {country} is {capital}.",
+        f"What is the capital of {country}? Many people ask this. The answer is {capital}.",
+        f"Tell me the capital of {country}? I looked it up: it is {capital}.",
+        f"Which city is the capital of {country}? {capital} is the capital of {country}.",
+        f"Quiz: What is the capital city of {country}? What is the capital city of "
+        f"{rng.choice(COUNTRIES)[0]}? Write your answers below.",
+        f"Travel notes. We arrived in {capital}, the capital of {country}, early in the morning.",
+    ])
+
+
+def _arithmetic_doc(rng):
+    t = arithmetic(rng)
+    expr = t.prompt.split("?")[0].replace("What is ", "").replace("Compute ", "").replace("Calculate ", "")
+    expr = expr.rstrip(". =").strip()
+    return rng.choice([f"{expr} = {t.answer}", f"We know that {expr} = {t.answer}.",
+                       f"What is {expr}? Is it {t.answer}? Let us check with a calculator.",
+                       f"Exercise: {expr} = ?  Solution: {t.answer}"])
+
+
+def _code_doc(rng):
+    t = code(rng)
+    return rng.choice([f"{t.answer}\n", f"# {t.prompt[8:]}\n{t.answer}\n",
+                       f"Here is how to {t.prompt[0].lower()}{t.prompt[1:]} In Python:\n{t.answer}\n"])
+
+
+def _steps_doc(rng):
+    t = steps(rng)
+    return f"Example: {t.prompt[:-1]}.\n{t.answer}"
+
+
+def _list_doc(rng):
+    a = rng.randint(0, 30)
+    return rng.choice([", ".join(str(i) for i in range(a, a + rng.randint(3, 8))),
+                       " ".join([rng.choice(WORDS)] * rng.randint(2, 5)),
+                       f"{rng.choice(WORDS).upper()} and {rng.choice(COUNTRIES)[1].upper()} in capitals."])
+
+
+def base_corpus(n_docs=20000, seed=0):
+    """Documents of web-like text. Every country's fact appears (train and eval split alike):
+    the base model is where knowledge comes from."""
+    rng = random.Random(seed)
+    makers = [_fact_doc] * 4 + [_arithmetic_doc] * 2 + [_code_doc, _steps_doc, _list_doc]
+    return [rng.choice(makers)(rng) for _ in range(n_docs)]
+
+
+def main():
+    p = argparse.ArgumentParser(description="Write the built-in data world to files.")
+    p.add_argument("--out", default="data", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--sft", type=int, default=8000, help="number of SFT training conversations")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "corpus.txt"), "w") as f:
+        f.write("\n\n".join(base_corpus(seed=args.seed)))
+    write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records(args.sft, args.seed))
+    write_jsonl(os.path.join(args.out, "sft_eval.jsonl"), eval_records(seed=args.seed))
+    print(json.dumps({"out": args.out}))
+
+
+if __name__ == "__main__":
+    main()
