@@ -21,15 +21,15 @@ import torch
 
 from nanopost import world
 from nanopost.checkpoint import load_checkpoint, save_checkpoint
-from nanopost.common import RunConfig, RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
+from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import DataError, load_records
 from nanopost.model import GPT, GPTConfig
-from nanopost.nexttoken import EpochBatches, NonFiniteLoss, padding_efficiency, train_steps
+from nanopost.nexttoken import EpochBatches, NextTokenConfig, NonFiniteLoss, padding_efficiency, train_steps
 from nanopost.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
-class BaseConfig(RunConfig):
+class BaseConfig(NextTokenConfig):
     out: str = flag("runs/base", "output folder")
     steps: int = flag(400, "optimiser steps")
     # model
@@ -37,13 +37,9 @@ class BaseConfig(RunConfig):
     vocab_size: int = flag(1024, "tokenizer vocabulary, special tokens included (new tokenizer only)", "model")
     # data
     n_docs: int = flag(24000, "documents of the built-in corpus", "data")
-    # optimisation
-    batch_size: int = flag(16, "rows per micro-batch", "optimisation")
-    grad_accum: int = flag(1, "micro-batches per optimiser step", "optimisation")
     lr: float = flag(2e-3, "peak learning rate", "optimisation")
     warmup: int = flag(20, "warm-up steps", "optimisation")
     weight_decay: float = flag(0.1, "AdamW weight decay on matrices", "optimisation")
-    grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
 
 
 def read_corpus(path):

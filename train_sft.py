@@ -22,14 +22,14 @@ import torch
 import train_base
 from nanopost import world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
-from nanopost.common import RunConfig, RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
+from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_sft, read_jsonl, write_jsonl
 from nanopost.evaluate import direct_answer_rate, heldout_accuracy
-from nanopost.nexttoken import EpochBatches, NonFiniteLoss, padding_efficiency, train_steps
+from nanopost.nexttoken import EpochBatches, NextTokenConfig, NonFiniteLoss, padding_efficiency, train_steps
 
 
 @dataclasses.dataclass
-class SFTConfig(RunConfig):
+class SFTConfig(NextTokenConfig):
     out: str = flag("runs/sft", "output folder")
     steps: int = flag(150, "optimiser steps")
     # data
@@ -38,13 +38,7 @@ class SFTConfig(RunConfig):
     eval_data: str = flag("", "held-out JSONL (default: the built-in held-out split)", "data")
     replay: float = flag(0.5, "mix in this many base-corpus documents per SFT conversation (keeps pretraining knowledge)", "data")
     eval_per_family: int = flag(40, "built-in held-out prompts per task family", "data")
-    # optimisation
-    batch_size: int = flag(16, "rows per micro-batch", "optimisation")
-    grad_accum: int = flag(1, "micro-batches per optimiser step", "optimisation")
     lr: float = flag(3e-4, "peak learning rate", "optimisation")
-    warmup: int = flag(10, "warm-up steps", "optimisation")
-    weight_decay: float = flag(0.0, "AdamW weight decay on matrices", "optimisation")
-    grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
 
 
 def main(argv=None):

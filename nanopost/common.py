@@ -108,7 +108,8 @@ class RunLog:
         elapsed = time.time() - self.t0
         done = max(step - self.start, 1)
         eta = elapsed / done * (self.total - step)
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}, "elapsed_s": round(elapsed, 2)}
+        metrics = {k: _plain(v) for k, v in metrics.items()}
+        record = {"step": step, **metrics, "elapsed_s": round(elapsed, 2)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         shown = " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if not isinstance(v, (dict, list)))

@@ -79,3 +79,22 @@ def heldout_accuracy(model, tok, records, max_new_tokens=48):
     acc = {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
     acc["all"] = sum(sum(v) for v in by_family.values()) / max(len(records), 1)
     return acc, replies
+
+
+def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48):
+    """§8 records (prompt messages + grader metadata) -> greedy replies graded by their graders.
+    A reply counts as correct when every grader that applies gives it full marks.
+    Returns ({'all': acc, 'by_grader': {...}, 'by_family': {...}}, replies)."""
+    from nanopost.graders import grade_many  # graders start subprocesses; import only when used
+    replies = chat_complete(model, tok, [r["prompt"] for r in records], max_new_tokens)
+    graded = grade_many(replies, [r["metadata"] for r in records], suites_dir=suites_dir)
+    by_grader, by_family, correct = {}, {}, []
+    for record, scores in zip(records, graded):
+        ok = float(bool(scores) and all(v >= 1.0 for v in scores.values()))
+        correct.append(ok)
+        for name, v in scores.items():
+            by_grader.setdefault(name, []).append(float(v >= 1.0))
+        by_family.setdefault(record.get("family", "all"), []).append(ok)
+    mean = lambda xs: sum(xs) / max(len(xs), 1)
+    return {"all": mean(correct), "by_grader": {k: mean(v) for k, v in sorted(by_grader.items())},
+            "by_family": {k: mean(v) for k, v in sorted(by_family.items())}}, replies

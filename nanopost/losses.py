@@ -41,3 +41,117 @@ def mean_over_tokens(per_token, loss_mask, num_tokens=None):
     total = (per_token * loss_mask).sum()
     n = loss_mask.sum() if num_tokens is None else num_tokens
     return total / max(float(n), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# RL (§6, §9). Shapes: B completions, T completion tokens; `mask` (B, T) marks real tokens.
+
+def kl_estimate(logprobs, ref_logprobs, kind="k3"):
+    """Per-token estimate of KL(π || π_ref) from tokens sampled from π (§6's β·KL term).
+    With log r = log π_ref(y) - log π(y):
+        k1 = -log r                  unbiased, can be negative
+        k2 = (log r)² / 2            biased, low variance
+        k3 = (r - 1) - log r         unbiased and always >= 0 (Schulman's estimator)"""
+    log_ratio = ref_logprobs - logprobs
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio ** 2
+    if kind == "k3":
+        return torch.exp(log_ratio) - 1 - log_ratio
+    raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
+
+
+def grpo_advantages(rewards, num_generations, scale_rewards="group", eps=1e-4):
+    """Group-relative advantages (§9 GRPO). rewards (B,) hold num_generations consecutive
+    completions per prompt.  A_i = r_i - mean(group), divided by
+        group: the std of the group   batch: the std of the whole batch   none: nothing
+    (std with Bessel's correction, as TRL). A group whose rewards are all equal gets A = 0:
+    it carries no learning signal."""
+    groups = rewards.view(-1, num_generations)
+    centred = (groups - groups.mean(dim=1, keepdim=True)).view(-1)
+    if scale_rewards == "group":
+        return centred / (groups.std(dim=1).repeat_interleave(num_generations) + eps)
+    if scale_rewards == "batch":
+        return centred / (rewards.std() + eps)
+    if scale_rewards == "none":
+        return centred
+    raise ValueError(f"unknown scale_rewards {scale_rewards!r}; use group, batch or none")
+
+
+def rloo_advantages(rewards, num_generations):
+    """REINFORCE leave-one-out (§9): the baseline of completion i is the mean reward of the other
+    G-1 completions of its prompt.  A_i = r_i - (Σ_j r_j - r_i) / (G - 1)."""
+    assert num_generations > 1, "RLOO needs at least 2 generations per prompt"
+    groups = rewards.view(-1, num_generations)
+    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (num_generations - 1)
+    return (groups - baseline).view(-1)
+
+
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalised advantage estimation (PPO, §9). rewards, values, mask: (B, T), right-padded.
+        δ_t = r_t + γ V_{t+1} - V_t        (V after the last real token is 0)
+        A_t = δ_t + γ λ A_{t+1}            returns R_t = A_t + V_t
+    Padding gets A = R = 0."""
+    B, T = rewards.shape
+    mask = mask.to(rewards.dtype)
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    next_adv = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = delta + gamma * lam * next_adv
+        advantages[:, t] = adv * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        next_adv = advantages[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values, mask, shift_mean=True, eps=1e-8):
+    """(x - mean) / std over the real tokens (PPO's whitened advantages)."""
+    n = mask.sum().clamp(min=1)
+    mean = (values * mask).sum() / n
+    var = (((values - mean) * mask) ** 2).sum() / n
+    out = (values - mean) * torch.rsqrt(var + eps)
+    return (out if shift_mean else out + mean) * mask
+
+
+def clipped_surrogate(logprobs, old_logprobs, advantages, epsilon=0.2, epsilon_high=None):
+    """PPO's clipped objective as a per-token loss (§9), ratio ρ = π/π_old:
+        loss_t = -min(ρ A, clip(ρ, 1 - ε, 1 + ε_high) A)
+    advantages broadcast (B, 1) or (B, T). Outside the clip region (in the direction A
+    pushes) the loss is constant, so its gradient is zero. Returns (loss, clipped) where
+    clipped (B, T) bool marks tokens whose clipped term was the smaller one."""
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high) * advantages
+    return -torch.min(unclipped, clipped), clipped < unclipped
+
+
+def aggregate(per_token, mask, loss_type="grpo", max_completion_length=None, num_sequences=None, num_tokens=None):
+    """Reduce a per-token loss (B, T) to a scalar (§9 GRPO variants):
+        grpo     mean over each sequence's tokens, then sum / number of sequences
+        dapo     sum over all tokens / number of completion tokens
+        dr_grpo  sum over all tokens / (number of sequences × max_completion_length)
+    num_sequences / num_tokens are the totals of the whole optimiser step when it is split into
+    micro-batches (gradient accumulation then equals one big batch); default: this batch's."""
+    mask = mask.to(per_token.dtype)
+    n_seq = mask.size(0) if num_sequences is None else num_sequences
+    if loss_type == "grpo":
+        per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return per_seq.sum() / max(n_seq, 1)
+    if loss_type == "dapo":
+        n_tok = mask.sum() if num_tokens is None else num_tokens
+        return (per_token * mask).sum() / max(float(n_tok), 1.0)
+    if loss_type == "dr_grpo":
+        assert max_completion_length, "dr_grpo needs max_completion_length"
+        return (per_token * mask).sum() / (max(n_seq, 1) * max_completion_length)
+    raise ValueError(f"unknown loss_type {loss_type!r}; use grpo, dapo or dr_grpo")
+
+
+def clipped_value_loss(values, old_values, returns, mask, cliprange_value=0.2):
+    """PPO's clipped critic loss, per token:
+        V_clip = V_old + clip(V - V_old, -c, c);  loss_t = ½ max((V - R)², (V_clip - R)²)"""
+    v_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    return 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2) * mask

@@ -187,6 +187,21 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
 
 
+class ScalarModel(nn.Module):
+    """A GPT body with a scalar head: one number per position (B, T). The PPO critic (§9, a
+    value V(prefix) per token) and the reward model (§7, read at the last real token)."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+        self.head = nn.Linear(gpt.config.n_embd, 1)
+        nn.init.zeros_(self.head.weight)  # starts at 0 everywhere: no prior on the scale of returns
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, idx, pos=None, attn_mask=None):
+        return self.head(self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)).squeeze(-1)  # (B, T)
+
+
 def document_mask(doc_ids):
     """Block-diagonal causal mask for packed rows: (B, T) document ids -> (B, 1, T, T) bool.
     A token attends to earlier tokens of its own document only (§4 packing)."""
@@ -217,7 +232,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(filtered, descending=True, dim=-1)
         probs = F.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix whose mass reaches top_p
         drop[:, 0] = False  # always keep the most likely token
         filtered = filtered.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     tokens = torch.multinomial(F.softmax(filtered, dim=-1), 1, generator=generator).squeeze(1)

@@ -9,15 +9,27 @@ so gradient accumulation gives the gradient of one big batch, and a step whose e
 masked gives loss 0, not NaN. Batches are a pure function of (seed, epoch): a run resumed at step
 s sees exactly the batches the uninterrupted run would have seen.
 """
+import dataclasses
 import math
 import time
 
 import torch
 
 from nanopost.batching import make_batches
-from nanopost.common import autocast
+from nanopost.common import RunConfig, autocast, flag
 from nanopost.losses import masked_nll
 from nanopost.model import document_mask
+
+
+@dataclasses.dataclass
+class NextTokenConfig(RunConfig):
+    """The optimisation flags of train_base.py and train_sft.py (each sets its own defaults)."""
+    batch_size: int = flag(16, "rows per micro-batch", "optimisation")
+    grad_accum: int = flag(1, "micro-batches per optimiser step", "optimisation")
+    lr: float = flag(1e-3, "peak learning rate", "optimisation")
+    warmup: int = flag(10, "warm-up steps", "optimisation")
+    weight_decay: float = flag(0.0, "AdamW weight decay on matrices", "optimisation")
+    grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -6,6 +6,7 @@ can swap in their own files:
   base corpus       plain text documents that read like web text (§1)
   SFT               {"messages": [...], "family": ...}                      (§3)
   held-out eval     {"messages": [...], "family": ..., "metadata": {...}}   (§3, §10)
+  RL prompts        {"prompt": [...], "metadata": {"scorer": ..., ...}}     (§8)
 
 A *task* is one (prompt, answer) item of a family. Every task has a `key` naming the item it
 asks about (a country, an arithmetic expression, a function); the key's hash decides its
@@ -13,9 +14,11 @@ split, so a held-out prompt never shares its item with any training prompt, what
 phrasing. Knowledge comes from the base corpus, which states the facts of every item (as
 the web would): SFT teaches the answering format, not the facts (§1, §2).
 
-    python -m nanopost.world --out data/   # writes corpus.txt, sft.jsonl, sft_eval.jsonl
+    python -m nanopost.world --out data/
+    # writes corpus.txt, sft.jsonl, sft_eval.jsonl, rl.jsonl, rl_eval.jsonl and suites/
 """
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -64,6 +67,7 @@ class Task:
     prompt: str     # the user's message
     answer: str     # the reference assistant message
     metadata: dict = field(default_factory=dict)  # what a grader needs (§8)
+    noisy_answer: str = ""  # a plausible wrong label that SFT data carries at rate label_noise (§3)
 
 
 def split_of(key, eval_percent=20):
@@ -79,7 +83,7 @@ def split_of(key, eval_percent=20):
 
 def arithmetic(rng):
     op = rng.choice("+-*")
-    a, b = (rng.randint(2, 12), rng.randint(2, 12)) if op == "*" else (rng.randint(0, 50), rng.randint(0, 50))
+    a, b = (rng.randint(2, 9), rng.randint(2, 9)) if op == "*" else (rng.randint(0, 20), rng.randint(0, 20))
     value = {"+": a + b, "-": a - b, "*": a * b}[op]
     form = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?",
                        "Calculate {a} {op} {b}."])
@@ -115,41 +119,76 @@ def fmt(rng):
                 {"scorer": "format_grader", "format": {"uppercase": True, "max_words": 1}})
 
 
-# tiny Python functions: (name, description, argument, body, test-argument maker, reference implementation)
+# tiny Python functions: name, description, argument, body, a plausible buggy body (the label
+# noise of §3: an annotator's off-by-one), test-argument maker, reference implementation
+def _fn(name, desc, arg, body, make_args, impl, buggy=None):
+    return dict(name=name, desc=desc, arg=arg, body=body, buggy=buggy, make_args=make_args, impl=impl)
+
+
+def _ints(lo, hi):
+    return lambda r: [r.randint(lo, hi)]
+
+
+def _lists(r):
+    return [[r.randint(0, 9) for _ in range(r.randint(0, 12))]]
+
+
 CODE_FUNCS = [
-    ("add_{k}", "returns x plus {k}", "x", "return x + {k}", lambda r: [r.randint(-50, 50)], lambda k: lambda x: x + k),
-    ("sub_{k}", "returns x minus {k}", "x", "return x - {k}", lambda r: [r.randint(-50, 50)], lambda k: lambda x: x - k),
-    ("times_{k}", "returns x times {k}", "x", "return x * {k}", lambda r: [r.randint(-20, 20)], lambda k: lambda x: x * k),
-    ("mod_{k}", "returns the remainder of x divided by {k}", "x", "return x % {k}",
-     lambda r: [r.randint(0, 99)], lambda k: lambda x: x % k),
-    ("div_{k}", "returns x divided by {k}, rounded down", "x", "return x // {k}",
-     lambda r: [r.randint(0, 99)], lambda k: lambda x: x // k),
-    ("is_multiple_of_{k}", "returns True if x is divisible by {k}", "x", "return x % {k} == 0",
-     lambda r: [r.randint(0, 60)], lambda k: lambda x: x % k == 0),
-    ("is_above_{k}", "returns True if x is greater than {k}", "x", "return x > {k}",
-     lambda r: [r.randint(0, 30)], lambda k: lambda x: x > k),
-    ("repeat_{k}", "returns the string s repeated {k} times", "s", "return s * {k}",
-     lambda r: [r.choice(WORDS)], lambda k: lambda s: s * k),
-    ("first_{k}", "returns the first {k} items of the list xs", "xs", "return xs[:{k}]",
-     lambda r: [[r.randint(0, 9) for _ in range(r.randint(0, 12))]], lambda k: lambda xs: xs[:k]),
-    ("last_{k}", "returns the last {k} items of the list xs", "xs", "return xs[-{k}:]",
-     lambda r: [[r.randint(0, 9) for _ in range(r.randint(0, 12))]], lambda k: lambda xs: xs[-k:]),
+    _fn("add_{k}", "returns x plus {k}", "x", "return x + {k}", _ints(-50, 50), lambda k: lambda x: x + k),
+    _fn("sub_{k}", "returns x minus {k}", "x", "return x - {k}", _ints(-50, 50), lambda k: lambda x: x - k),
+    _fn("times_{k}", "returns x times {k}", "x", "return x * {k}", _ints(-20, 20), lambda k: lambda x: x * k),
+    _fn("mod_{k}", "returns the remainder of x divided by {k}", "x", "return x % {k}", _ints(0, 99),
+        lambda k: lambda x: x % k),
+    _fn("div_{k}", "returns x divided by {k}, rounded down", "x", "return x // {k}", _ints(0, 99),
+        lambda k: lambda x: x // k),
+    _fn("is_multiple_of_{k}", "returns True if x is divisible by {k}", "x", "return x % {k} == 0",
+        _ints(0, 60), lambda k: lambda x: x % k == 0),
+    _fn("is_above_{k}", "returns True if x is greater than {k}", "x", "return x > {k}", _ints(0, 30),
+        lambda k: lambda x: x > k),
+    _fn("repeat_{k}", "returns the string s repeated {k} times", "s", "return s * {k}",
+        lambda r: [r.choice(WORDS)], lambda k: lambda s: s * k),
+    _fn("first_{k}", "returns the first {k} items of the list xs", "xs", "return xs[:{k}]", _lists,
+        lambda k: lambda xs: xs[:k]),
+    _fn("last_{k}", "returns the last {k} items of the list xs", "xs", "return xs[-{k}:]", _lists,
+        lambda k: lambda xs: xs[-k:]),
+    # families whose SFT labels are noisy: RL with the tests as reward must clean them up
+    _fn("is_at_least_{k}", "returns True if x is at least {k}", "x", "return x >= {k}", _ints(0, 30),
+        lambda k: lambda x: x >= k, buggy="return x > {k}"),
+    _fn("count_to_{k}", "returns the list of the numbers from 1 to {k}", "n", "return list(range(1, {k} + 1))",
+        lambda r: [0], lambda k: lambda n: list(range(1, k + 1)), buggy="return list(range(1, {k}))"),
 ]
 
 
 def code(rng):
-    name_t, desc_t, arg, body_t, make_args, impl = rng.choice(CODE_FUNCS)
+    f = rng.choice(CODE_FUNCS)
     k = rng.randint(2, 19)
-    name = name_t.format(k=k)
-    prompt = f"Write a Python function {name}({arg}) that {desc_t.format(k=k)}."
-    answer = f"def {name}({arg}):\n    {body_t.format(k=k)}"
-    tests = [[args, impl(k)(*args)] for args in (make_args(rng) for _ in range(6))]
+    name = f["name"].format(k=k)
+    prompt = f"Write a Python function {name}({f['arg']}) that {f['desc'].format(k=k)}."
+    answer = f"def {name}({f['arg']}):\n    {f['body'].format(k=k)}"
+    noisy = f"def {name}({f['arg']}):\n    {f['buggy'].format(k=k)}" if f["buggy"] else ""
+    test_rng = random.Random(name)  # a function's tests depend on the function only
+    tests = [[args, f["impl"](k)(*args)] for args in (f["make_args"](test_rng) for _ in range(6))]
     return Task("code", name, prompt, answer,
-                {"scorer": "code_grader", "entry_point": name, "public": tests[:2], "hidden": tests[2:]})
+                {"scorer": "code_grader", "entry_point": name, "public": tests[:2], "hidden": tests[2:]}, noisy)
+
+
+def roots(rng):
+    """The guide's §8 maths example with integer roots, solved one factor a line:
+    (x - a)(x + b) = 0 -> "x - a = 0, so x = a" ... "Answer: -b, a" (ascending)."""
+    r1, r2 = rng.sample(range(-9, 10), 2)
+    factor = lambda r: f"x - {r}" if r >= 0 else f"x + {-r}"
+    lo, hi = sorted((r1, r2))
+    prompt = (f"Solve: ({factor(r1)})({factor(r2)}) = 0. Give the roots separated by commas in ascending "
+              f"order after 'Answer:'.")
+    work = f"{factor(r1)} = 0, so x = {r1}\n{factor(r2)} = 0, so x = {r2}\n"
+    # inconsistent labels (§3): half the annotators list the roots in the order of the factors
+    noisy = work + f"Answer: {r1}, {r2}" if r1 > r2 else ""
+    return Task("roots", f"roots:{lo}:{hi}", prompt, work + f"Answer: {lo}, {hi}",
+                {"scorer": "math_grader", "ground_truth": f"{lo}, {hi}", "ordered": True}, noisy)
 
 
 def steps(rng):
-    a, b, c = rng.randint(2, 20), rng.randint(2, 9), rng.randint(2, 9)
+    a, b, c = rng.randint(2, 9), rng.randint(2, 5), rng.randint(2, 5)
     if rng.random() < 0.5:
         expr, first, r1 = f"{a} + {b} * {c}", f"{b} * {c}", b * c
         second, value = f"{a} + {r1}", a + r1
@@ -161,7 +200,8 @@ def steps(rng):
                 {"scorer": "math_grader", "ground_truth": str(value)})
 
 
-SFT_FAMILIES = {"arithmetic": arithmetic, "facts": facts, "format": fmt, "code": code, "steps": steps}
+SFT_FAMILIES = {"arithmetic": arithmetic, "facts": facts, "format": fmt, "code": code, "steps": steps, "roots": roots}
+RL_FAMILIES = {"roots": roots, "code": code}  # the verifiable families train_rl.py uses by default
 
 
 def sample_tasks(n, split, seed, families=SFT_FAMILIES, unique=False, max_tries=200):
@@ -188,10 +228,14 @@ def conversation(tasks, rng, system_prob=0.3):
     return {"messages": messages, "family": tasks[-1].family}
 
 
-def sft_records(n, seed=0, multi_turn=0.15):
-    """Training conversations: single-turn, or two tasks in one conversation (multi_turn share)."""
+def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.7):
+    """Training conversations: single-turn, or two tasks in one conversation (multi_turn share).
+    Families with a known plausible wrong label (roots in factor order, off-by-one code) carry it
+    at rate label_noise: the §3 defects that SFT faithfully learns and RL must correct."""
     rng = random.Random(seed)
-    tasks = sample_tasks(int(n * (1 + multi_turn)) + 1, "train", seed)
+    tasks = sample_tasks(2 * n, "train", seed)  # enough even if every conversation had two turns
+    tasks = [dataclasses.replace(t, answer=t.noisy_answer) if t.noisy_answer and rng.random() < label_noise else t
+             for t in tasks]
     records, i = [], 0
     while len(records) < n:
         k = 2 if rng.random() < multi_turn else 1
@@ -208,6 +252,26 @@ def eval_records(n_per_family=40, seed=0, families=SFT_FAMILIES):
             records.append({"messages": [{"role": "user", "content": t.prompt},
                                          {"role": "assistant", "content": t.answer}],
                             "family": t.family, "metadata": t.metadata})
+    return records
+
+
+def rl_records(n, split, seed, suites_dir, families=RL_FAMILIES, system_prob=0.3):
+    """§8 RL prompts: {"prompt": messages, "metadata": {"scorer": ..., ...}, "family": ...}.
+    Code tasks get their test suite written to suites_dir (<suite_id>.json, hashed); the record
+    carries the guide's suite shape. split='eval' returns distinct prompts."""
+    from nanopost.graders import make_suite  # the graders own the suite file format
+    rng = random.Random(f"{seed}|rl|{split}")
+    records = []
+    for t in sample_tasks(n, split, seed, families, unique=(split == "eval")):
+        metadata = t.metadata
+        if t.metadata.get("scorer") == "code_grader":
+            m = t.metadata
+            metadata = {"scorer": "code_grader",
+                        "suite": make_suite(m["entry_point"], m["entry_point"], m["public"], m["hidden"], suites_dir,
+                                            timeout_s=2, mem_mb=256)}
+        prompt = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < system_prob else []
+        records.append({"prompt": prompt + [{"role": "user", "content": t.prompt}], "metadata": metadata,
+                        "family": t.family, "reference": t.answer})
     return records
 
 
@@ -256,17 +320,26 @@ def _steps_doc(rng):
 
 
 def _list_doc(rng):
-    a = rng.randint(0, 30)
+    a, word, (country, capital) = rng.randint(0, 30), rng.choice(WORDS), rng.choice(COUNTRIES)
     return rng.choice([", ".join(str(i) for i in range(a, a + rng.randint(3, 8))),
-                       " ".join([rng.choice(WORDS)] * rng.randint(2, 5)),
-                       f"{rng.choice(WORDS).upper()} and {rng.choice(COUNTRIES)[1].upper()} in capitals."])
+                       " ".join([word] * rng.randint(2, 5)),
+                       f"The word {word} in uppercase is {word.upper()}.",
+                       f"The capital of {country} in capital letters: {capital.upper()}."])
+
+
+def _roots_doc(rng):
+    t = roots(rng)
+    equation = t.prompt.split(". Give")[0].replace("Solve: ", "")
+    work, answer = t.answer.rsplit("\n", 1)
+    return rng.choice([f"Example: solve {equation}.\n{work}\n{answer}",
+                       f"To solve {equation}, set each factor to zero.\n{work}"])
 
 
 def base_corpus(n_docs=20000, seed=0):
     """Documents of web-like text. Every country's fact appears (train and eval split alike):
     the base model is where knowledge comes from."""
     rng = random.Random(seed)
-    makers = [_fact_doc] * 4 + [_arithmetic_doc] * 2 + [_code_doc, _steps_doc, _list_doc]
+    makers = [_fact_doc] * 4 + [_arithmetic_doc] * 2 + [_code_doc, _steps_doc, _list_doc, _roots_doc]
     return [rng.choice(makers)(rng) for _ in range(n_docs)]
 
 
@@ -275,13 +348,18 @@ def main():
     p.add_argument("--out", default="data", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--sft", type=int, default=8000, help="number of SFT training conversations")
+    p.add_argument("--rl", type=int, default=4000, help="number of RL training prompts")
+    p.add_argument("--label_noise", type=float, default=0.7, help="rate of the known wrong labels in SFT data")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "corpus.txt"), "w") as f:
         f.write("\n\n".join(base_corpus(seed=args.seed)))
-    write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records(args.sft, args.seed))
+    write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records(args.sft, args.seed, label_noise=args.label_noise))
     write_jsonl(os.path.join(args.out, "sft_eval.jsonl"), eval_records(seed=args.seed))
-    print(json.dumps({"out": args.out}))
+    suites = os.path.join(args.out, "suites")
+    write_jsonl(os.path.join(args.out, "rl.jsonl"), rl_records(args.rl, "train", args.seed, suites))
+    write_jsonl(os.path.join(args.out, "rl_eval.jsonl"), rl_records(200, "eval", args.seed, suites))
+    print(json.dumps({"out": args.out, "files": sorted(os.listdir(args.out))}))
 
 
 if __name__ == "__main__":

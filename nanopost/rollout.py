@@ -1,0 +1,105 @@
+"""
+Rollouts for RL (§6, §8, §9): sample num_generations completions per prompt with the KV-cache
+sampler, grade them with the verifiable graders, and lay prompt + completion out as right-padded
+rows for the training forward.
+
+    batch = sample_rollouts(policy, tok, records, cfg, generator)
+    logprobs = completion_logprobs(policy, batch, temperature)   # (B, N), same positions as the sampler's
+
+A completion is the tokens up to and including the end-of-turn token; one that hits
+max_completion_length without it is *truncated* (counted as clipped_ratio, and masked out of
+the loss when mask_truncated_completions is set).
+"""
+import time
+from dataclasses import dataclass
+
+import torch
+
+from nanopost.graders import combine, grade_many
+from nanopost.losses import token_logprobs
+from nanopost.model import generate
+from nanopost.tokenizer import render_prompt
+
+
+@dataclass
+class Rollouts:
+    idx: torch.Tensor              # (B, L) prompt + completion, right-padded
+    start: torch.Tensor            # (B,) index of the first completion token in each row
+    completion: torch.Tensor       # (B, N) completion tokens (pad after the end)
+    mask: torch.Tensor             # (B, N) 1 on real completion tokens
+    sampler_logprobs: torch.Tensor  # (B, N) log-probs reported by the sampler
+    truncated: torch.Tensor        # (B,) bool: hit max_completion_length without end-of-turn
+    texts: list                    # decoded completions
+    rewards: torch.Tensor          # (B,) combined reward
+    graded: list                   # per completion: {grader name: reward} for the graders that apply
+    new_tokens: int
+    sample_s: float
+    grade_s: float
+
+
+def sample_rollouts(model, tok, records, num_generations, max_completion_length, temperature=1.0, top_k=None,
+                    top_p=None, reward_weights=None, suites_dir=None, generator=None, reward_fn=None):
+    """records: §8 dicts with 'prompt' (messages) and 'metadata'. Each prompt is repeated
+    num_generations times, consecutively (the GRPO/RLOO groups). reward_fn(texts, records) may
+    replace the graders (a reward model); it returns one {name: reward} dict per completion."""
+    device = next(model.parameters()).device
+    rows = [r for r in records for _ in range(num_generations)]
+    prompts = [render_prompt(tok, r["prompt"]) for r in rows]
+    t0 = time.time()
+    tokens, logprobs, lengths, stopped = generate(model, prompts, max_completion_length, temperature, top_k, top_p,
+                                                  stop_ids=(tok.end_id,), pad_id=tok.pad_id, generator=generator)
+    sample_s = time.time() - t0
+    N = tokens.size(1)
+    mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
+    texts = [tok.decode([t for t in tokens[b, :int(lengths[b])].tolist() if t != tok.end_id]) for b in range(len(rows))]
+
+    t0 = time.time()
+    if reward_fn is not None:
+        graded = reward_fn(texts, rows)
+    else:
+        graded = grade_many(texts, [r["metadata"] for r in rows], suites_dir=suites_dir)
+    grade_s = time.time() - t0
+    rewards = torch.tensor([combine(g, reward_weights) for g in graded], dtype=torch.float32, device=device)
+
+    # right-padded rows: prompt then completion, for the training forward
+    starts = torch.tensor([len(p) for p in prompts], device=device)
+    L = int((starts + lengths).max())
+    idx = torch.full((len(rows), L), tok.pad_id, dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        n = int(lengths[b])
+        idx[b, :len(p)] = torch.tensor(p, device=device)
+        idx[b, len(p):len(p) + n] = tokens[b, :n]
+    return Rollouts(idx=idx, start=starts, completion=tokens, mask=mask.float(), sampler_logprobs=logprobs,
+                    truncated=~stopped, texts=texts, rewards=rewards, graded=graded,
+                    new_tokens=int(lengths.sum()), sample_s=sample_s, grade_s=grade_s)
+
+
+def completion_positions(batch, rows=slice(None)):
+    """(b, N) indices into the (b, L-1) shifted logits: completion token j of row b sits at
+    start_b + j and is predicted by the logits at start_b + j - 1."""
+    start = batch.start[rows]
+    N = batch.completion.size(1)
+    L = batch.idx.size(1)
+    return (start[:, None] - 1 + torch.arange(N, device=start.device)[None, :]).clamp(max=L - 2)
+
+
+def completion_logprobs(model, batch, temperature=1.0, rows=slice(None), with_entropy=False):
+    """log π(completion token | prefix) at temperature, (b, N); positions past a row's end hold
+    junk and must be masked by batch.mask. Right padding: plain causal attention suffices.
+    with_entropy also returns the policy's entropy per completion position (no gradient)."""
+    idx = batch.idx[rows]
+    positions = completion_positions(batch, rows)
+    logits = model(idx[:, :-1])                                   # (b, L-1, V)
+    logprobs = token_logprobs(logits, idx[:, 1:], temperature).gather(1, positions)  # (b, N)
+    if not with_entropy:
+        return logprobs
+    with torch.no_grad():
+        logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (b, L-1, V)
+        entropy = -(logp_all.exp() * logp_all).sum(-1).gather(1, positions)
+    return logprobs, entropy
+
+
+def completion_values(critic, batch, rows=slice(None)):
+    """The critic's V(prefix) before each completion token, (b, N)."""
+    values = critic(batch.idx[rows][:, :-1])                      # (b, L-1)
+    return values.gather(1, completion_positions(batch, rows))

@@ -1,0 +1,364 @@
+"""The model and its sampler: KV cache == full recomputation, batch == alone, sampler log-probs ==
+training-forward log-probs, stop tokens, top-k / top-p, context limits, document_mask, presets,
+tied embeddings."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanopost.losses import token_logprobs
+from nanopost.model import GPT, GPTConfig, KVCache, document_mask, generate, sample_next
+
+V = 97
+SMALL = dict(block_size=64, vocab_size=V, n_layer=2, n_head=2, n_embd=32)
+PROMPT_LENGTHS = (1, 5, 9, 13)
+
+
+
+def random_model(seed=0, std=0.2):
+    """A random GPT with weights sharper than the 0.02 init, so greedy choices have clear margins."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**SMALL))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+def random_prompts(lengths=PROMPT_LENGTHS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, V, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(0)
+
+
+# ----------------------------------------------------------------------------- KV cache, batching
+
+
+def test_kv_cache_greedy_equals_full_recomputation(model):
+    prompts = random_prompts()
+    tok_c, lp_c, len_c, stop_c = generate(model, prompts, max_new_tokens=20, temperature=0, use_cache=True)
+    tok_f, lp_f, len_f, stop_f = generate(model, prompts, max_new_tokens=20, temperature=0, use_cache=False)
+    assert tok_c.shape == (4, 20) and tok_c.dtype == torch.long
+    assert lp_c.shape == (4, 20) and lp_c.dtype == torch.float32
+    assert torch.equal(tok_c, tok_f)
+    torch.testing.assert_close(lp_c, lp_f, atol=1e-5, rtol=0)
+    assert len_c.tolist() == len_f.tolist() == [20] * 4
+    assert not stop_c.any() and not stop_f.any()
+    assert (lp_c < 0).all()
+    assert len({tuple(r) for r in tok_c.tolist()}) > 1  # rows are not trivially identical
+
+
+def test_each_prompt_alone_equals_batch(model):
+    prompts = random_prompts()
+    tok_b, lp_b, _, _ = generate(model, prompts, max_new_tokens=20, temperature=0)
+    for b, p in enumerate(prompts):
+        for use_cache in (True, False):
+            tok_a, lp_a, _, _ = generate(model, [p], max_new_tokens=20, temperature=0, use_cache=use_cache)
+            assert tok_a[0].tolist() == tok_b[b].tolist(), (b, use_cache)
+            torch.testing.assert_close(lp_a[0], lp_b[b], atol=1e-5, rtol=0)
+
+
+def test_greedy_matches_plain_forward_argmax(model):
+    """The sampler's greedy tokens are the argmax of an ordinary (unpadded, uncached) forward."""
+    prompts = random_prompts()
+    tok, lp, _, _ = generate(model, prompts, max_new_tokens=10, temperature=0)
+    with torch.no_grad():
+        for b, p in enumerate(prompts):
+            seq = torch.tensor([p + tok[b].tolist()])
+            logits = model(seq[:, :-1])[0, len(p) - 1:]
+            assert logits.argmax(-1).tolist() == tok[b].tolist()
+            torch.testing.assert_close(F.log_softmax(logits, -1).gather(1, tok[b][:, None])[:, 0], lp[b],
+                                       atol=1e-5, rtol=0)
+
+
+def test_sampled_rows_differ_from_first_token():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**SMALL)).eval()  # plain GPT-2 init: near-uniform next-token distribution
+    g = torch.Generator().manual_seed(0)
+    tok, lp, lengths, _ = generate(model, [[3, 1, 4, 1, 5]] * 16, max_new_tokens=4, temperature=1.0, generator=g)
+    assert len(set(tok[:, 0].tolist())) > 1
+    assert len({tuple(r) for r in tok.tolist()}) == 16
+    assert lengths.tolist() == [4] * 16
+
+
+def test_generate_restores_training_mode(model):
+    model.train()
+    generate(model, [[1, 2]], max_new_tokens=2, temperature=0)
+    assert model.training
+    model.eval()
+    generate(model, [[1, 2]], max_new_tokens=2, temperature=0)
+    assert not model.training
+
+
+def test_sampler_logprobs_equal_training_forward(model):
+    prompts = random_prompts()
+    g = torch.Generator().manual_seed(1)
+    tok, lp, lengths, _ = generate(model, prompts, max_new_tokens=16, temperature=0.7, top_k=None, generator=g)
+    assert lengths.tolist() == [16] * 4
+    with torch.no_grad():
+        for b, p in enumerate(prompts):
+            seq = torch.tensor([p + tok[b].tolist()])  # no padding, one row at a time
+            logits = model(seq[:, :-1])
+            ref = token_logprobs(logits, seq[:, 1:], temperature=0.7)[0, len(p) - 1:]
+            torch.testing.assert_close(lp[b], ref, atol=1e-5, rtol=0)
+            # and not the temperature-1 log-probs
+            assert (token_logprobs(logits, seq[:, 1:])[0, len(p) - 1:] - lp[b]).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- stop tokens
+
+
+def test_stop_tokens():
+    N, PAD = 12, 0
+    # find a random model and stop ids that make rows stop at different known positions, with one
+    # row that never stops: the greedy run without stop ids tells which tokens come where
+    for seed in range(50):
+        model = random_model(seed)
+        prompts = random_prompts((2, 7, 4, 11), seed=seed)
+        base_tok, base_lp, _, _ = generate(model, prompts, max_new_tokens=N, temperature=0)
+        rows = base_tok.tolist()
+        never = rows[3]  # row 3 must never emit a stop token
+        candidates = {}
+        for b in range(3):
+            for j, t in enumerate(rows[b]):
+                if t not in never and t != PAD and t not in rows[b][:j]:
+                    candidates.setdefault(b, []).append((j, t))
+        if len(candidates) < 3:
+            continue
+        # the first stop id (and the position it stops at) for rows 0, 1, 2; take the earliest
+        # candidate of row 0, the latest of row 1, and one of row 2
+        stop_ids = [candidates[0][0][1], candidates[1][-1][1], candidates[2][len(candidates[2]) // 2][1]]
+        expected = []
+        for b in range(4):
+            hits = [j for j, t in enumerate(rows[b]) if t in stop_ids]
+            expected.append(hits[0] + 1 if hits else N)
+        if len(set(expected[:3])) == 3 and expected[3] == N and max(expected[:3]) < N:
+            break
+    else:
+        pytest.fail("no seed gives rows that stop at three different positions")
+
+    for use_cache in (True, False):
+        tok, lp, lengths, stopped = generate(model, prompts, max_new_tokens=N, temperature=0,
+                                             stop_ids=stop_ids, pad_id=PAD, use_cache=use_cache)
+        assert lengths.tolist() == expected  # the stop token is counted
+        assert stopped.tolist() == [True, True, True, False]
+        for b in range(4):
+            n = expected[b]
+            assert tok[b, :n].tolist() == rows[b][:n]  # identical up to and including the stop
+            if b < 3:
+                assert tok[b, n - 1].item() in stop_ids
+            torch.testing.assert_close(lp[b, :n], base_lp[b, :n], atol=1e-5, rtol=0)
+            assert (tok[b, n:] == PAD).all()
+            assert (lp[b, n:] == 0).all()
+            assert (lp[b, :n] < 0).all()
+        assert lengths[3].item() == N and tok[3].tolist() == rows[3]
+
+
+def test_all_rows_stop_early_breaks_loop(model):
+    prompts = random_prompts()
+    base, _, _, _ = generate(model, prompts, max_new_tokens=6, temperature=0)
+    stop_ids = set(base[:, 0].tolist())  # every row stops on its first token
+    tok, lp, lengths, stopped = generate(model, prompts, max_new_tokens=6, temperature=0, stop_ids=stop_ids, pad_id=5)
+    assert lengths.tolist() == [1] * 4
+    assert stopped.all()
+    assert tok[:, 0].tolist() == base[:, 0].tolist()
+    assert (tok[:, 1:] == 5).all() and (lp[:, 1:] == 0).all()
+
+
+# ----------------------------------------------------------------------------- top-k / top-p
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy(model):
+    prompts = random_prompts()
+    greedy_tok, greedy_lp, _, _ = generate(model, prompts, max_new_tokens=12, temperature=0)
+    for kwargs in (dict(top_k=1), dict(top_p=1e-6)):
+        g = torch.Generator().manual_seed(3)
+        tok, lp, _, _ = generate(model, prompts, max_new_tokens=12, temperature=1.0, generator=g, **kwargs)
+        assert torch.equal(tok, greedy_tok), kwargs
+        torch.testing.assert_close(lp, greedy_lp, atol=1e-5, rtol=0)  # both temperature-1 log-probs
+
+
+def test_sample_next_greedy():
+    logits = torch.tensor([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 0.0, 0.0]])
+    tok, lp = sample_next(logits, temperature=0)
+    assert tok.tolist() == [1, 0]
+    torch.testing.assert_close(lp, F.log_softmax(logits, -1)[[0, 1], [1, 0]])
+
+
+def test_top_k_only_samples_among_k_most_likely():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 20, generator=g)
+    k = 4
+    allowed = set(torch.topk(logits[0], k).indices.tolist())
+    n = 4000
+    tok, lp = sample_next(logits.expand(n, -1), temperature=1.0, top_k=k, generator=g)
+    seen = set(tok.tolist())
+    assert seen <= allowed
+    assert seen == allowed  # all k are reachable (4000 draws)
+    # log-probs are those of the full, untruncated distribution
+    torch.testing.assert_close(lp, F.log_softmax(logits[0], -1)[tok])
+    # and the empirical frequencies follow the renormalised top-k distribution
+    p = F.softmax(logits[0], -1)
+    top = torch.tensor(sorted(allowed))
+    expected = p[top] / p[top].sum()
+    freq = torch.bincount(tok, minlength=20)[top].float() / n
+    assert (freq - expected).abs().max() < 0.04
+
+
+def test_top_p_samples_smallest_prefix_reaching_p():
+    probs = torch.tensor([0.05, 0.30, 0.10, 0.25, 0.20, 0.10])
+    logits = probs.log()[None]
+    # sorted: 0.30 (1), 0.25 (3) -> 0.55 >= 0.5: the nucleus is {1, 3}
+    g = torch.Generator().manual_seed(0)
+    tok, lp = sample_next(logits.expand(3000, -1), temperature=1.0, top_p=0.5, generator=g)
+    assert set(tok.tolist()) == {1, 3}
+    freq1 = (tok == 1).float().mean().item()
+    assert abs(freq1 - 0.30 / 0.55) < 0.04
+    torch.testing.assert_close(lp, probs.log()[tok])
+    # p = 0.6: 0.30 + 0.25 = 0.55 < 0.6, so the third (0.20, index 4) joins
+    tok, _ = sample_next(logits.expand(3000, -1), temperature=1.0, top_p=0.6, generator=g)
+    assert set(tok.tolist()) == {1, 3, 4}
+    # p = 0.25: the top token alone reaches it
+    tok, _ = sample_next(logits.expand(500, -1), temperature=1.0, top_p=0.25, generator=g)
+    assert set(tok.tolist()) == {1}
+
+
+def test_sample_next_temperature_logprobs():
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    g = torch.Generator().manual_seed(0)
+    tok, lp = sample_next(logits.expand(50, -1), temperature=0.5, generator=g)
+    torch.testing.assert_close(lp, F.log_softmax(logits[0] / 0.5, -1)[tok])
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_prompt_plus_new_tokens_beyond_block_size_raises(model):
+    with pytest.raises(ValueError):
+        generate(model, [[1] * 60, [2]], max_new_tokens=5)
+    with pytest.raises(ValueError):
+        generate(model, [[1]], max_new_tokens=64)
+    tok, _, _, _ = generate(model, [[1] * 60], max_new_tokens=4, temperature=0)  # exactly 64 fits
+    assert tok.shape == (1, 4)
+
+
+def test_forward_position_beyond_block_size_raises(model):
+    with torch.no_grad():
+        assert model(torch.ones(1, 64, dtype=torch.long)).shape == (1, 64, V)
+        with pytest.raises(ValueError):
+            model(torch.ones(1, 65, dtype=torch.long))
+        with pytest.raises(ValueError):
+            model(torch.ones(1, 2, dtype=torch.long), pos=torch.tensor([[0, 64]]))
+
+
+def test_kv_cache_update_moves_cursor_on_last_layer():
+    cfg = GPTConfig(**SMALL)
+    cache = KVCache(cfg, batch_size=2, max_len=10, device="cpu", dtype=torch.float32)
+    k = torch.randn(2, 2, 3, 16)
+    k0, _ = cache.update(0, k, k)
+    assert cache.pos == 0 and k0.shape == (2, 2, 3, 16)
+    k1, _ = cache.update(1, k, k)
+    assert cache.pos == 3 and torch.equal(k1, k)
+    k2, _ = cache.update(0, k[:, :, :1], k[:, :, :1])
+    assert k2.shape == (2, 2, 4, 16) and torch.equal(k2[:, :, :3], k)
+
+
+# ----------------------------------------------------------------------------- document_mask
+
+
+def test_document_mask():
+    doc_ids = torch.tensor([[1, 1, 2, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    m = document_mask(doc_ids)
+    assert m.shape == (2, 1, 8, 8) and m.dtype == torch.bool
+    for b in range(2):
+        for i in range(8):
+            for j in range(8):
+                allowed = bool(doc_ids[b, i] == doc_ids[b, j]) and j <= i
+                assert bool(m[b, 0, i, j]) == allowed
+    assert torch.equal(m[1, 0], torch.ones(8, 8, dtype=torch.bool).tril())  # one document = causal
+    assert m[:, 0].diagonal(dim1=-2, dim2=-1).all()  # every query may attend to itself
+
+
+# ----------------------------------------------------------------------------- presets, params
+
+
+def analytic_params(c):
+    """Parameters of the GPT-2 architecture with tied embeddings (lm_head counted once)."""
+    C = c.n_embd
+    per_layer = 12 * C * C + 13 * C if c.bias else 12 * C * C + 2 * C
+    return c.vocab_size * C + c.block_size * C + c.n_layer * per_layer + (2 * C if c.bias else C)
+
+
+def test_analytic_param_count_matches_built_model():
+    for cfg in (GPTConfig(**SMALL), GPTConfig(**SMALL, bias=False)):
+        model = GPT(cfg)
+        assert model.num_params(non_embedding=False) == analytic_params(cfg)
+        assert model.num_params() == analytic_params(cfg) - cfg.block_size * cfg.n_embd
+
+
+def test_gpt2_preset():
+    c = GPTConfig.preset("gpt2")
+    assert (c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size) == (12, 12, 768, 50257, 1024)
+    assert analytic_params(c) == 124_439_808  # GPT-2 small, "124M"
+    with torch.device("meta"):  # the real module, without allocating 500 MB
+        model = GPT(c)
+    assert model.num_params(non_embedding=False) == 124_439_808
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_preset_overrides_and_unknown():
+    c = GPTConfig.preset("tiny", vocab_size=512, dropout=0.1)
+    assert c.vocab_size == 512 and c.dropout == 0.1 and c.n_layer == 4
+    with pytest.raises(ValueError):
+        GPTConfig.preset("gpt5")
+    for name in ("gpt2-medium", "gpt2-large", "gpt2-xl", "small", "bench"):
+        c = GPTConfig.preset(name)
+        assert c.n_embd % c.n_head == 0
+
+
+def test_tiny_preset_size():
+    c = GPTConfig.preset("tiny")
+    n = analytic_params(c)
+    assert 1_000_000 < n < 10_000_000
+    model = GPT(c)
+    assert model.num_params(non_embedding=False) == n
+    assert 1_000_000 < model.num_params() < 10_000_000
+
+
+def test_tied_embeddings():
+    model = GPT(GPTConfig(**SMALL))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    n_unique = sum(p.numel() for p in model.parameters())
+    assert n_unique == analytic_params(model.config)  # counted once
+    with torch.no_grad():
+        model.transformer.wte.weight[5].fill_(0.5)
+    assert (model.lm_head.weight[5] == 0.5).all()
+    # a gradient through both uses lands in the one tensor
+    logits = model(torch.tensor([[5, 6, 7]]))
+    logits[0, -1, 5].backward()
+    assert model.transformer.wte.weight.grad is model.lm_head.weight.grad
+    assert model.lm_head.weight.grad[5].abs().sum() > 0
+
+
+def test_init_statistics():
+    """GPT-2 init: std 0.02, residual projections scaled by 1/sqrt(2 n_layer), zero biases."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=64, vocab_size=1000, n_layer=4, n_head=4, n_embd=128)
+    model = GPT(cfg)
+    assert abs(model.transformer.wte.weight.std().item() - 0.02) < 0.001
+    proj = model.transformer.h[0].attn.c_proj.weight
+    assert abs(proj.std().item() - 0.02 / math.sqrt(2 * cfg.n_layer)) < 0.001
+    assert (model.transformer.h[0].mlp.c_fc.bias == 0).all()
+
+
+def test_top_p_keeps_the_smallest_prefix_that_reaches_the_mass_exactly():
+    # {0} alone has mass 0.5 = top_p: token 1 must never be sampled
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(2000, -1)
+    tokens, _ = sample_next(logits, 1.0, top_p=0.5, generator=torch.Generator().manual_seed(0))
+    assert set(tokens.tolist()) == {0}

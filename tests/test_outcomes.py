@@ -1,0 +1,31 @@
+"""Learning outcomes on the full defaults (slow: minutes on 2 CPU cores; run with
+`python -m pytest -m slow`). These are the numbers the README reports."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, cache):
+    env = {**os.environ, "PYTHONPATH": ROOT, "NANOPOST_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_sft_turns_continuation_into_answering(tmp_path):
+    summary = run(["train_sft.py", "--out", str(tmp_path / "sft")], tmp_path / "cache")
+    assert summary["base_direct_answer_rate"] <= 0.10
+    assert summary["direct_answer_rate"] >= 0.95
+    assert summary["padding_efficiency"] >= 0.95
+
+
+@pytest.mark.slow
+def test_grpo_raises_heldout_verifiable_accuracy(tmp_path):
+    summary = run(["train_rl.py", "--algo", "grpo", "--out", str(tmp_path / "rl")], tmp_path / "cache")
+    assert summary["accuracy_after"] - summary["accuracy_before"] >= 0.15
