@@ -24,7 +24,8 @@ the ratio is against them); REINFORCE and RLOO use the same token aggregation (l
 GRPO. With no --data, the built-in verifiable prompts are used: roots of (x - a)(x + b) = 0
 in ascending order (math_grader) and small Python functions checked by hidden tests
 (code_grader). The built-in SFT data carries inconsistent labels for exactly those tasks
-(roots in either order, off-by-one code, §3): RL with the graders is what cleans them up.
+(roots answers that end in prose instead of an 'Answer:' line, off-by-one code, §3): RL with
+the graders is what cleans them up.
 """
 import copy
 import dataclasses
@@ -62,7 +63,7 @@ class RLConfig(RunConfig):
     prompts_per_step: int = flag(8, "prompts per step", "rollouts")
     num_generations: int = flag(8, "completions per prompt (the GRPO/RLOO group)", "rollouts")
     max_completion_length: int = flag(48, "new tokens per completion at most", "rollouts")
-    temperature: float = flag(1.0, "sampling temperature (the training forward uses it too)", "rollouts")
+    temperature: float = flag(0.7, "sampling temperature (the training forward uses it too)", "rollouts")
     top_k: int = flag(0, "sample among the k most likely tokens (0: all)", "rollouts")
     top_p: float = flag(1.0, "nucleus sampling mass (1: off)", "rollouts")
     mask_truncated_completions: bool = flag(False, "leave completions that hit the length limit out of the loss", "rollouts")

@@ -181,10 +181,11 @@ def roots(rng):
     prompt = (f"Solve: ({factor(r1)})({factor(r2)}) = 0. Give the roots separated by commas in ascending "
               f"order after 'Answer:'.")
     work = f"{factor(r1)} = 0, so x = {r1}\n{factor(r2)} = 0, so x = {r2}\n"
-    # inconsistent labels (§3): half the annotators list the roots in the order of the factors
-    noisy = work + f"Answer: {r1}, {r2}" if r1 > r2 else ""
+    # label noise (§3): many annotators ignore the requested format and end in prose, which no
+    # grader can read as a final answer
     return Task("roots", f"roots:{lo}:{hi}", prompt, work + f"Answer: {lo}, {hi}",
-                {"scorer": "math_grader", "ground_truth": f"{lo}, {hi}", "ordered": True}, noisy)
+                {"scorer": "math_grader", "ground_truth": f"{lo}, {hi}", "ordered": True},
+                work + f"So x = {r1} or x = {r2}.")
 
 
 def steps(rng):
@@ -228,7 +229,7 @@ def conversation(tasks, rng, system_prob=0.3):
     return {"messages": messages, "family": tasks[-1].family}
 
 
-def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.7):
+def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.5):
     """Training conversations: single-turn, or two tasks in one conversation (multi_turn share).
     Families with a known plausible wrong label (roots in factor order, off-by-one code) carry it
     at rate label_noise: the §3 defects that SFT faithfully learns and RL must correct."""
@@ -349,7 +350,7 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--sft", type=int, default=8000, help="number of SFT training conversations")
     p.add_argument("--rl", type=int, default=4000, help="number of RL training prompts")
-    p.add_argument("--label_noise", type=float, default=0.7, help="rate of the known wrong labels in SFT data")
+    p.add_argument("--label_noise", type=float, default=0.5, help="rate of the known wrong labels in SFT data")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "corpus.txt"), "w") as f:
