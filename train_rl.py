@@ -19,10 +19,11 @@ completions for prompts_per_step prompts (KV cache), grade them, compute advanta
   rloo       A = r_i - mean of the other G-1 rewards of the prompt; -β·Σk1 added to r.
 
 How this departs from the textbook: the reference model is the starting checkpoint (as in TRL);
-one optimiser step per batch unless num_iterations > 1 (then the old log-probs are stored and
-the ratio is against them); REINFORCE and RLOO use the same token aggregation (loss_type) as
+each batch of rollouts gets num_iterations optimiser steps (default 2, TRL's default is 1; the
+ratio is against the stored old log-probs, so the second pass is clipped): on a CPU, sampling and
+grading cost as much as an update, and a second pass nearly doubles learning per rollout; REINFORCE and RLOO use the same token aggregation (loss_type) as
 GRPO. With no --data, the built-in verifiable prompts are used: roots of (x - a)(x + b) = 0
-in ascending order (math_grader) and small Python functions checked by hidden tests
+after an 'Answer:' line (math_grader) and small Python functions checked by hidden tests
 (code_grader). The built-in SFT data carries inconsistent labels for exactly those tasks
 (roots answers that end in prose instead of an 'Answer:' line, off-by-one code, §3): RL with
 the graders is what cleans them up.
@@ -44,7 +45,8 @@ from nanopost.losses import (aggregate, clipped_surrogate, clipped_value_loss, g
                              rloo_advantages, whiten)
 from nanopost.model import ScalarModel
 from nanopost.rollout import completion_logprobs, completion_values, sample_rollouts
-from nanopost.tokenizer import ConversationError
+from nanopost.graders import GRADERS
+from nanopost.tokenizer import ConversationError, render_prompt
 
 
 @dataclasses.dataclass
@@ -76,7 +78,7 @@ class RLConfig(RunConfig):
     epsilon_high: float = flag(-1.0, "ratio clip, upper side (DAPO's clip-higher); <0: = epsilon", "algorithm")
     loss_type: str = flag("grpo", "grpo | dapo | dr_grpo: how token losses are averaged", "algorithm")
     scale_rewards: str = flag("group", "group | batch | none: GRPO advantage scaling", "algorithm")
-    num_iterations: int = flag(1, "optimiser passes over each batch of rollouts (old log-probs stored)", "algorithm")
+    num_iterations: int = flag(2, "optimiser passes over each batch of rollouts (old log-probs stored)", "algorithm")
     micro_batch_size: int = flag(32, "completions per forward pass (gradient accumulation)", "algorithm")
     grad_clip: float = flag(1.0, "gradient-norm clip", "algorithm")
     baseline_decay: float = flag(0.9, "REINFORCE running-mean baseline decay", "algorithm")
@@ -97,12 +99,19 @@ def parse_weights(text):
     return weights
 
 
-def rl_record(record):
-    """Validate one §8 record: a prompt (messages ending with a user turn) and grader metadata."""
+def rl_record(record, tok, max_prompt_len):
+    """Validate one §8 record: a prompt (messages ending with a user turn) that fits the context,
+    and metadata naming known graders."""
     if not isinstance(record.get("prompt"), list) or not record["prompt"]:
         raise ConversationError("record needs a non-empty 'prompt' list of messages")
-    if not isinstance(record.get("metadata"), dict) or "scorer" not in record["metadata"]:
+    render_prompt(tok, record["prompt"], max_prompt_len)
+    metadata = record.get("metadata")
+    if not isinstance(metadata, dict) or "scorer" not in metadata:
         raise ValueError("record needs 'metadata' with a 'scorer' (math_grader, code_grader, ...)")
+    scorers = [metadata["scorer"]] if isinstance(metadata["scorer"], str) else metadata["scorer"]
+    unknown = [name for name in scorers if name not in GRADERS]
+    if unknown:
+        raise ValueError(f"unknown scorer {unknown[0]!r}; known: {', '.join(GRADERS)}")
     return record
 
 
@@ -153,8 +162,10 @@ def main(argv=None):
     policy.train()
 
     # data: the user's §8 JSONL or the built-in verifiable prompts (suites written beside them)
+    max_prompt_len = policy.config.block_size - cfg.max_completion_length
+    check = lambda record: rl_record(record, tok, max_prompt_len)
     if cfg.data:
-        train_records, report = load_records(cfg.data, rl_record, cfg.skip_bad)
+        train_records, report = load_records(cfg.data, check, cfg.skip_bad)
         suites_dir = cfg.suites_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.data)), "suites")
     else:
         suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
@@ -162,7 +173,7 @@ def main(argv=None):
         train_records = world.rl_records(cfg.n_prompts, "train", cfg.seed, suites_dir, families)
         report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
     if cfg.eval_data:
-        eval_records, _ = load_records(cfg.eval_data, rl_record)
+        eval_records, _ = load_records(cfg.eval_data, check)
     elif cfg.data:
         eval_records = []
     else:

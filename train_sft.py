@@ -31,7 +31,7 @@ from nanopost.nexttoken import EpochBatches, NextTokenConfig, NonFiniteLoss, pad
 @dataclasses.dataclass
 class SFTConfig(NextTokenConfig):
     out: str = flag("runs/sft", "output folder")
-    steps: int = flag(150, "optimiser steps")
+    steps: int = flag(200, "optimiser steps")
     # data
     batching: str = flag("pack", "pad | bucket | pack (§4)", "data")
     n_train: int = flag(8000, "built-in training conversations", "data")

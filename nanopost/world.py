@@ -174,17 +174,18 @@ def code(rng):
 
 def roots(rng):
     """The guide's §8 maths example with integer roots, solved one factor a line:
-    (x - a)(x + b) = 0 -> "x - a = 0, so x = a" ... "Answer: -b, a" (ascending)."""
+    (x - a)(x + b) = 0 -> "x - a = 0, so x = a" ... "Answer: -b, a". The reference lists the
+    roots in ascending order, but any order is accepted: sorting two signed numbers is beyond
+    what this tiny model learns in minutes, and would hide what RL fixes here (the format)."""
     r1, r2 = rng.sample(range(-9, 10), 2)
     factor = lambda r: f"x - {r}" if r >= 0 else f"x + {-r}"
     lo, hi = sorted((r1, r2))
-    prompt = (f"Solve: ({factor(r1)})({factor(r2)}) = 0. Give the roots separated by commas in ascending "
-              f"order after 'Answer:'.")
+    prompt = f"Solve: ({factor(r1)})({factor(r2)}) = 0. Give the roots separated by commas after 'Answer:'."
     work = f"{factor(r1)} = 0, so x = {r1}\n{factor(r2)} = 0, so x = {r2}\n"
     # label noise (§3): many annotators ignore the requested format and end in prose, which no
     # grader can read as a final answer
     return Task("roots", f"roots:{lo}:{hi}", prompt, work + f"Answer: {lo}, {hi}",
-                {"scorer": "math_grader", "ground_truth": f"{lo}, {hi}", "ordered": True},
+                {"scorer": "math_grader", "ground_truth": f"{lo}, {hi}", "ordered": False},
                 work + f"So x = {r1} or x = {r2}.")
 
 

@@ -21,7 +21,7 @@ import train_rl
 import train_sft
 from nanopost import world
 from nanopost.checkpoint import load_checkpoint, save_checkpoint
-from nanopost.data import write_jsonl
+from nanopost.data import DataError, write_jsonl
 from nanopost.graders import combine
 from nanopost.losses import whiten
 from nanopost.rollout import completion_logprobs, sample_rollouts
@@ -364,3 +364,20 @@ def test_zero_variance_step_leaves_the_policy_unchanged(ckpts, data, tmp_path):
     before, after = params_of(ckpts.eager), params_of(str(out / "ckpt"))
     for k in before:
         assert torch.equal(before[k], after[k]), k
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"prompt": [{"role": "robot", "content": "hi"}], "metadata": {"scorer": "math_grader", "ground_truth": "1"}}, "robot"),
+    ({"prompt": [{"role": "user", "content": "hi"}], "metadata": {"scorer": "magic"}}, "unknown scorer"),
+    ({"prompt": [{"role": "user", "content": "hi"}]}, "metadata"),
+    ({"prompt": [{"role": "user", "content": "hi " * 400}], "metadata": {"scorer": "math_grader", "ground_truth": "1"}},
+     "longer than"),
+])
+def test_bad_rl_records_name_file_and_line(ckpts, tmp_path, bad, words):
+    good = {"prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+            "metadata": {"scorer": "math_grader", "ground_truth": "4"}}
+    path = tmp_path / "rl.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError) as e:
+        train_rl.main(["--init", ckpts.sft, "--out", str(tmp_path / "out"), "--data", str(path), "--steps", "1"])
+    assert f"{path}:2:" in str(e.value) and words in str(e.value)
