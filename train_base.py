@@ -31,7 +31,7 @@ from nanopost.tokenizer import Tokenizer
 @dataclasses.dataclass
 class BaseConfig(NextTokenConfig):
     out: str = flag("runs/base", "output folder")
-    steps: int = flag(340, "optimiser steps")
+    steps: int = flag(300, "optimiser steps")
     # model
     model: str = flag("tiny", "model size preset (tiny, small, gpt2, ...)", "model")
     vocab_size: int = flag(1024, "tokenizer vocabulary, special tokens included (new tokenizer only)", "model")

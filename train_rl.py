@@ -15,13 +15,15 @@ completions for prompts_per_step prompts (KV cache), grade them, compute advanta
   ppo        a critic (value head on its own copy of the network) and GAE (gamma, lam); the
              score sits on the last completion token, -β·k1 on every token; whitened
              advantages; clipped value loss (cliprange_value, vf_coef).
-  reinforce  A = r - running-mean baseline; -β·Σk1 added to r.
+  reinforce  A = r - running-mean baseline (one per task, i.e. grader); -β·Σk1 added to r.
   rloo       A = r_i - mean of the other G-1 rewards of the prompt; -β·Σk1 added to r.
 
 How this departs from the textbook: the reference model is the starting checkpoint (as in TRL);
-each batch of rollouts gets num_iterations optimiser steps (default 2, TRL's default is 1; the
-ratio is against the stored old log-probs, so the second pass is clipped): on a CPU, sampling and
-grading cost as much as an update, and a second pass nearly doubles learning per rollout; REINFORCE and RLOO use the same token aggregation (loss_type) as
+each batch of rollouts gets num_iterations optimiser steps (default 2, TRL's default is 1): on a
+CPU, sampling and grading cost as much as an update, and a second pass nearly doubles learning
+per rollout. Every algorithm, REINFORCE and RLOO included, uses the clipped ratio against the
+stored old log-probs: the first pass is the plain policy gradient (ratio 1), the second is
+importance-corrected and clipped (an unclipped second pass made REINFORCE diverge); REINFORCE and RLOO use the same token aggregation (loss_type) as
 GRPO. With no --data, the built-in verifiable prompts are used: roots of (x - a)(x + b) = 0
 after an 'Answer:' line (math_grader) and small Python functions checked by hidden tests
 (code_grader). The built-in SFT data carries inconsistent labels for exactly those tasks
@@ -115,9 +117,11 @@ def rl_record(record, tok, max_prompt_len):
     return record
 
 
-def advantages_for(cfg, batch, mask, logprobs, ref_logprobs, baseline, values=None):
+def advantages_for(cfg, batch, mask, logprobs, ref_logprobs, baseline, values=None, tasks=None):
     """Per-algorithm advantages, (B, 1) for sequence-level methods or (B, T) for PPO; also the
-    returns for PPO's critic and the new REINFORCE baseline."""
+    returns for PPO's critic and the new REINFORCE baselines ({task: running mean}; tasks names
+    each completion's task, default one task for all)."""
+    tasks = tasks or ["all"] * len(batch.rewards)
     G = cfg.num_generations
     if cfg.algo == "grpo":
         return grpo_advantages(batch.rewards, G, cfg.scale_rewards)[:, None], None, baseline
@@ -125,9 +129,17 @@ def advantages_for(cfg, batch, mask, logprobs, ref_logprobs, baseline, values=No
     if cfg.algo == "rloo":
         return rloo_advantages(batch.rewards - cfg.beta * kl.sum(1), G)[:, None], None, baseline
     if cfg.algo == "reinforce":
+        # a running-mean baseline per task (grader): one mean across an easy and a hard task would
+        # push down every sample of the hard one, good or bad
         shaped = batch.rewards - cfg.beta * kl.sum(1)
-        new_baseline = shaped.mean() if baseline is None else cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * shaped.mean()
-        return (shaped - (shaped.mean() if baseline is None else baseline))[:, None], None, new_baseline
+        baseline, advantages = dict(baseline or {}), torch.zeros_like(shaped)
+        for key in sorted(set(tasks)):
+            rows = torch.tensor([t == key for t in tasks], device=shaped.device)
+            mean = float(shaped[rows].mean())
+            b = baseline.get(key, mean)  # the running mean starts at the task's first batch mean
+            advantages[rows] = shaped[rows] - b
+            baseline[key] = cfg.baseline_decay * b + (1 - cfg.baseline_decay) * mean
+        return advantages[:, None], None, baseline
     # ppo: -β·k1 per token, the score on the last real token
     token_rewards = -cfg.beta * kl
     last = (mask.sum(1).long() - 1).clamp(min=0)
@@ -139,7 +151,8 @@ def advantages_for(cfg, batch, mask, logprobs, ref_logprobs, baseline, values=No
 
 def main(argv=None):
     cfg = parse_config(RLConfig, argv, description=__doc__.split("\n\n")[0])
-    assert cfg.algo in ("grpo", "ppo", "reinforce", "rloo"), f"unknown --algo {cfg.algo}"
+    if cfg.algo not in ("grpo", "ppo", "reinforce", "rloo"):
+        raise ValueError(f"unknown --algo {cfg.algo!r}; use grpo, ppo, reinforce or rloo")
     t_start = time.time()
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -221,7 +234,9 @@ def main(argv=None):
             old_logprobs = completion_logprobs(policy, batch, cfg.temperature) if need_old else None
             ref_logprobs = completion_logprobs(ref, batch, cfg.temperature) if cfg.beta > 0 else None
             old_values = completion_values(critic, batch) if critic else None
-            advantages, returns, baseline = advantages_for(cfg, batch, mask, old_logprobs, ref_logprobs, baseline, old_values)
+            tasks = [str(r["metadata"]["scorer"]) for r in records for _ in range(cfg.num_generations)]
+            advantages, returns, baseline = advantages_for(cfg, batch, mask, old_logprobs, ref_logprobs, baseline,
+                                                           old_values, tasks)
         # 3. the update: normalised by the whole step's sequences / tokens, so micro-batching is exact
         n_seq, n_tok = B, float(mask.sum())
         stats = {"kl": 0.0, "entropy": 0.0, "clip_ratio": 0.0, "value_loss": 0.0, "logprob_diff_max": 0.0}
@@ -231,10 +246,9 @@ def main(argv=None):
                 m = mask[rows]
                 logprobs, entropy = completion_logprobs(policy, batch, cfg.temperature, rows, with_entropy=True)
                 old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
-                if cfg.algo in ("grpo", "ppo"):
-                    per_token, clipped = clipped_surrogate(logprobs, old, advantages[rows], cfg.epsilon, epsilon_high)
-                else:  # plain policy gradient: on-policy, ratio 1
-                    per_token, clipped = -advantages[rows] * logprobs, torch.zeros_like(m, dtype=torch.bool)
+                # every algorithm uses the clipped ratio: on the first pass ρ = 1 and the gradient is
+                # exactly the policy gradient -A ∇log π; later passes are importance-corrected and clipped
+                per_token, clipped = clipped_surrogate(logprobs, old, advantages[rows], cfg.epsilon, epsilon_high)
                 if cfg.algo == "grpo" and ref_logprobs is not None:
                     kl = kl_estimate(logprobs, ref_logprobs[rows], cfg.kl_estimator)
                     per_token = per_token + cfg.beta * kl

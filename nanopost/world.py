@@ -257,6 +257,15 @@ def eval_records(n_per_family=40, seed=0, families=SFT_FAMILIES):
     return records
 
 
+# the guide's own §8 record, verbatim (its non-integer root is beyond the tiny model; kept as data
+# and as a test of math_grader)
+GUIDE_ROOTS_RECORD = {
+    "prompt": [{"role": "system", "content": "You are a helpful, honest assistant."},
+               {"role": "user", "content": "Solve: (3x - 2)(x + 5) = 0. Provide only the roots separated by commas "
+                                           "in ascending order."}],
+    "metadata": {"ground_truth": "-5, 0.6666667", "scorer": "math_grader"}}
+
+
 def rl_records(n, split, seed, suites_dir, families=RL_FAMILIES, system_prob=0.3):
     """§8 RL prompts: {"prompt": messages, "metadata": {"scorer": ..., ...}, "family": ...}.
     Code tasks get their test suite written to suites_dir (<suite_id>.json, hashed); the record

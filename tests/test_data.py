@@ -141,3 +141,12 @@ def test_label_noise_is_the_documented_kind_and_rate():
     assert 0.6 < prose < 0.8  # rate 0.7 asked above
     # a noisy label still holds the right roots in its worked lines, but no grader can read it
     assert all(math_grader(a, "0") == 0.0 for _, a in answers if "Answer:" not in a)
+
+
+def test_the_guides_own_roots_record_is_graded_as_the_guide_means():
+    from nanopost.graders import grade
+    record = world.GUIDE_ROOTS_RECORD
+    assert grade("Answer: -5, 2/3", record["metadata"]) == {"math_grader": 1.0}
+    assert grade("-5, 0.6666667", record["metadata"]) == {"math_grader": 1.0}
+    assert grade("0.6666667, -5", record["metadata"]) == {"math_grader": 0.0}  # ascending order was asked
+    assert grade("-5, 0.67", record["metadata"]) == {"math_grader": 0.0}

@@ -218,10 +218,16 @@ def test_advantages_for_each_algorithm():
     cfg = rl_cfg(algo="reinforce", num_generations=2, beta=0.1, baseline_decay=0.9)
     a, _, base = train_rl.advantages_for(cfg, batch, mask, lp, ref, None)
     torch.testing.assert_close(a[:, 0], shaped - shaped.mean())
-    assert float(base) == pytest.approx(float(shaped.mean()))
-    a, _, base2 = train_rl.advantages_for(cfg, batch, mask, lp, ref, torch.tensor(0.2))
+    assert base["all"] == pytest.approx(float(shaped.mean()))
+    a, _, base2 = train_rl.advantages_for(cfg, batch, mask, lp, ref, {"all": 0.2})
     torch.testing.assert_close(a[:, 0], shaped - 0.2)
-    assert float(base2) == pytest.approx(0.9 * 0.2 + 0.1 * float(shaped.mean()))
+    assert base2["all"] == pytest.approx(0.9 * 0.2 + 0.1 * float(shaped.mean()))
+    # one running mean per task: rows 0, 1 are task "m", rows 2, 3 task "c"
+    a, _, base3 = train_rl.advantages_for(cfg, batch, mask, lp, ref, {"m": 0.2}, tasks=["m", "m", "c", "c"])
+    torch.testing.assert_close(a[:, 0], torch.stack([shaped[0] - 0.2, shaped[1] - 0.2,
+                                                     shaped[2] - shaped[2:].mean(), shaped[3] - shaped[2:].mean()]))
+    assert base3["m"] == pytest.approx(0.9 * 0.2 + 0.1 * float(shaped[:2].mean()))
+    assert base3["c"] == pytest.approx(float(shaped[2:].mean()))
 
     # PPO: -beta*k1 on every real token, the score (minus the missing-EOS penalty) on the last one;
     # with gamma = lam = 1 and V = 0 the returns are the reward-to-go
