@@ -244,7 +244,9 @@ def main(argv=None):
             for lo in range(0, B, cfg.micro_batch_size):
                 rows = slice(lo, min(lo + cfg.micro_batch_size, B))
                 m = mask[rows]
-                logprobs, entropy = completion_logprobs(policy, batch, cfg.temperature, rows, with_entropy=True)
+                first = iteration == 0  # monitoring (entropy, kl, ...) on the first pass only
+                logprobs = completion_logprobs(policy, batch, cfg.temperature, rows, with_entropy=first)
+                logprobs, entropy = logprobs if first else (logprobs, None)
                 old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
                 # every algorithm uses the clipped ratio: on the first pass ρ = 1 and the gradient is
                 # exactly the policy gradient -A ∇log π; later passes are importance-corrected and clipped
@@ -260,7 +262,7 @@ def main(argv=None):
                     loss = loss + cfg.vf_coef * value_loss
                     stats["value_loss"] += value_loss.item() / cfg.num_iterations
                 loss.backward()
-                if iteration == 0:  # monitoring, on the first pass
+                if first:
                     with torch.no_grad():
                         if ref_logprobs is not None:
                             stats["kl"] += float((kl_estimate(logprobs, ref_logprobs[rows], "k3") * m).sum()) / max(n_tok, 1)
