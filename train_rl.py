@@ -40,7 +40,7 @@ import torch
 import train_sft
 from nanopost import world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
-from nanopost.common import RunConfig, RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
+from nanopost.common import RunConfig, RunLog, autocast, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records
 from nanopost.evaluate import verifiable_accuracy
 from nanopost.losses import (aggregate, clipped_surrogate, clipped_value_loss, gae, grpo_advantages, kl_estimate,
@@ -193,6 +193,8 @@ def main(argv=None):
         eval_records = world.rl_records(cfg.eval_prompts, "eval", cfg.seed, suites_dir, families)
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
 
+    # the training forwards may be compiled / autocast (GPU); sampling uses the eager model
+    train_policy = torch.compile(policy) if cfg.compile else policy
     params = list(policy.parameters()) + (list(critic.parameters()) if critic else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     step0, baseline = 0, None
@@ -229,11 +231,11 @@ def main(argv=None):
         mask = batch.mask * (~batch.truncated).float()[:, None] if cfg.mask_truncated_completions else batch.mask
         B = mask.size(0)
         # 2. old / reference log-probs and values, before the update
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, cfg.dtype):  # same precision as the training forward
             need_old = cfg.num_iterations > 1 or cfg.algo != "grpo"
             old_logprobs = completion_logprobs(policy, batch, cfg.temperature) if need_old else None
             ref_logprobs = completion_logprobs(ref, batch, cfg.temperature) if cfg.beta > 0 else None
-            old_values = completion_values(critic, batch) if critic else None
+            old_values = completion_values(critic, batch).float() if critic else None
             tasks = [str(r["metadata"]["scorer"]) for r in records for _ in range(cfg.num_generations)]
             advantages, returns, baseline = advantages_for(cfg, batch, mask, old_logprobs, ref_logprobs, baseline,
                                                            old_values, tasks)
@@ -245,7 +247,8 @@ def main(argv=None):
                 rows = slice(lo, min(lo + cfg.micro_batch_size, B))
                 m = mask[rows]
                 first = iteration == 0  # monitoring (entropy, kl, ...) on the first pass only
-                logprobs = completion_logprobs(policy, batch, cfg.temperature, rows, with_entropy=first)
+                with autocast(device, cfg.dtype):
+                    logprobs = completion_logprobs(train_policy, batch, cfg.temperature, rows, with_entropy=first)
                 logprobs, entropy = logprobs if first else (logprobs, None)
                 old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
                 # every algorithm uses the clipped ratio: on the first pass ρ = 1 and the gradient is
@@ -256,7 +259,8 @@ def main(argv=None):
                     per_token = per_token + cfg.beta * kl
                 loss = aggregate(per_token, m, cfg.loss_type, cfg.max_completion_length, n_seq, n_tok)
                 if critic is not None:
-                    values = completion_values(critic, batch, rows)
+                    with autocast(device, cfg.dtype):
+                        values = completion_values(critic, batch, rows).float()
                     value_loss = aggregate(clipped_value_loss(values, old_values[rows], returns[rows], m,
                                                               cfg.cliprange_value), m, "dapo", num_tokens=n_tok)
                     loss = loss + cfg.vf_coef * value_loss
