@@ -230,15 +230,16 @@ def main(argv=None):
                                 cfg.top_k or None, cfg.top_p, weights, suites_dir, sampler_rng)
         mask = batch.mask * (~batch.truncated).float()[:, None] if cfg.mask_truncated_completions else batch.mask
         B = mask.size(0)
-        # 2. old / reference log-probs and values, before the update
+        # 2. reference log-probs, values and advantages, before the update. The KL shaping uses the
+        #    sampler's log-probs: they equal a training forward to ~1e-6 (logprob_diff_max), so the
+        #    policy needs no extra forward pass here
         with torch.no_grad(), autocast(device, cfg.dtype):  # same precision as the training forward
-            need_old = cfg.num_iterations > 1 or cfg.algo != "grpo"
-            old_logprobs = completion_logprobs(policy, batch, cfg.temperature) if need_old else None
             ref_logprobs = completion_logprobs(ref, batch, cfg.temperature) if cfg.beta > 0 else None
             old_values = completion_values(critic, batch).float() if critic else None
-            tasks = [str(r["metadata"]["scorer"]) for r in records for _ in range(cfg.num_generations)]
-            advantages, returns, baseline = advantages_for(cfg, batch, mask, old_logprobs, ref_logprobs, baseline,
-                                                           old_values, tasks)
+        tasks = [str(r["metadata"]["scorer"]) for r in records for _ in range(cfg.num_generations)]
+        advantages, returns, baseline = advantages_for(cfg, batch, mask, batch.sampler_logprobs, ref_logprobs,
+                                                       baseline, old_values, tasks)
+        old_logprobs = torch.zeros_like(mask)  # π_old: filled by the first pass, before any update
         # 3. the update: normalised by the whole step's sequences / tokens, so micro-batching is exact
         n_seq, n_tok = B, float(mask.sum())
         stats = {"kl": 0.0, "entropy": 0.0, "clip_ratio": 0.0, "value_loss": 0.0, "logprob_diff_max": 0.0}
@@ -250,7 +251,9 @@ def main(argv=None):
                 with autocast(device, cfg.dtype):
                     logprobs = completion_logprobs(train_policy, batch, cfg.temperature, rows, with_entropy=first)
                 logprobs, entropy = logprobs if first else (logprobs, None)
-                old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
+                if first:
+                    old_logprobs[rows] = logprobs.detach()
+                old = old_logprobs[rows]
                 # every algorithm uses the clipped ratio: on the first pass ρ = 1 and the gradient is
                 # exactly the policy gradient -A ∇log π; later passes are importance-corrected and clipped
                 per_token, clipped = clipped_surrogate(logprobs, old, advantages[rows], cfg.epsilon, epsilon_high)
