@@ -10,6 +10,7 @@ import re
 
 import torch
 
+from nanopost.graders import grade_many
 from nanopost.model import generate
 from nanopost.tokenizer import render_prompt
 
@@ -24,10 +25,15 @@ def complete(model, tok, prompts, max_new_tokens, stop_ids, temperature=0.0, bat
         chunk = order[k:k + batch_size]
         tokens, _, lengths, _ = generate(model, [prompts[i] for i in chunk], max_new_tokens, temperature=temperature,
                                          stop_ids=stop_ids, pad_id=tok.pad_id, generator=generator)
-        for row, i in enumerate(chunk):
-            ids = tokens[row, :int(lengths[row])].tolist()
-            out[i] = tok.decode([t for t in ids if t not in stop_ids])
+        for i, text in zip(chunk, decode_completions(tok, tokens, lengths, stop_ids)):
+            out[i] = text
     return out
+
+
+def decode_completions(tok, tokens, lengths, stop_ids):
+    """generate()'s (B, N) tokens and lengths -> B strings, stop tokens removed."""
+    return [tok.decode([t for t in tokens[b, :int(lengths[b])].tolist() if t not in stop_ids])
+            for b in range(tokens.size(0))]
 
 
 def chat_complete(model, tok, conversations, max_new_tokens=48, **kw):
@@ -85,7 +91,6 @@ def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48)
     """§8 records (prompt messages + grader metadata) -> greedy replies graded by their graders.
     A reply counts as correct when every grader that applies gives it full marks.
     Returns ({'all': acc, 'by_grader': {...}, 'by_family': {...}}, replies)."""
-    from nanopost.graders import grade_many  # graders start subprocesses; import only when used
     replies = chat_complete(model, tok, [r["prompt"] for r in records], max_new_tokens)
     graded = grade_many(replies, [r["metadata"] for r in records], suites_dir=suites_dir)
     by_grader, by_family, correct = {}, {}, []

@@ -142,8 +142,7 @@ def aggregate(per_token, mask, loss_type="grpo", max_completion_length=None, num
         per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         return per_seq.sum() / max(n_seq, 1)
     if loss_type == "dapo":
-        n_tok = mask.sum() if num_tokens is None else num_tokens
-        return (per_token * mask).sum() / max(float(n_tok), 1.0)
+        return mean_over_tokens(per_token, mask, num_tokens)
     if loss_type == "dr_grpo":
         assert max_completion_length, "dr_grpo needs max_completion_length"
         return (per_token * mask).sum() / (max(n_seq, 1) * max_completion_length)

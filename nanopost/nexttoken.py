@@ -17,7 +17,7 @@ import torch
 
 from nanopost.batching import make_batches
 from nanopost.common import RunConfig, autocast, flag
-from nanopost.losses import masked_nll
+from nanopost.losses import masked_nll, mean_over_tokens
 from nanopost.model import document_mask
 
 
@@ -83,7 +83,7 @@ def train_steps(model, optimizer, batches, cfg, device, log, start_step=0, save=
         loss_value = 0.0
         for batch in micro:
             nll = forward_nll(model, batch, device, cfg.dtype)
-            loss = nll.sum() / max(n_targets, 1.0)
+            loss = mean_over_tokens(nll, batch["loss_mask"].to(device), n_targets)
             loss.backward()
             loss_value += loss.item()
         if not math.isfinite(loss_value):

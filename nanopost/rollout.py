@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanopost.evaluate import decode_completions
 from nanopost.graders import combine, grade_many
 from nanopost.losses import token_logprobs
 from nanopost.model import generate
@@ -51,7 +52,7 @@ def sample_rollouts(model, tok, records, num_generations, max_completion_length,
     sample_s = time.time() - t0
     N = tokens.size(1)
     mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
-    texts = [tok.decode([t for t in tokens[b, :int(lengths[b])].tolist() if t != tok.end_id]) for b in range(len(rows))]
+    texts = decode_completions(tok, tokens, lengths, (tok.end_id,))
 
     t0 = time.time()
     if reward_fn is not None:

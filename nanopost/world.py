@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass, field
 
 from nanopost.data import write_jsonl
+from nanopost.graders import make_suite  # the graders own the suite file format
 
 COUNTRIES = [
     ("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
@@ -270,7 +271,6 @@ def rl_records(n, split, seed, suites_dir, families=RL_FAMILIES, system_prob=0.3
     """§8 RL prompts: {"prompt": messages, "metadata": {"scorer": ..., ...}, "family": ...}.
     Code tasks get their test suite written to suites_dir (<suite_id>.json, hashed); the record
     carries the guide's suite shape. split='eval' returns distinct prompts."""
-    from nanopost.graders import make_suite  # the graders own the suite file format
     rng = random.Random(f"{seed}|rl|{split}")
     records = []
     for t in sample_tasks(n, split, seed, families, unique=(split == "eval")):
