@@ -33,6 +33,7 @@ the graders is what cleans them up.
 import copy
 import dataclasses
 import os
+import sys
 import time
 
 import torch
@@ -43,24 +44,29 @@ from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpo
 from nanopost.common import RunConfig, RunLog, autocast, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records
 from nanopost.evaluate import verifiable_accuracy
-from nanopost.losses import (aggregate, clipped_surrogate, clipped_value_loss, gae, grpo_advantages, kl_estimate,
-                             rloo_advantages, whiten)
+from nanopost.losses import (DPO_LOSS_TYPES, aggregate, clipped_surrogate, clipped_value_loss, dpo_loss, dpo_rewards, gae,
+                             grpo_advantages, kl_estimate, rloo_advantages, whiten)
 from nanopost.model import ScalarModel
+from nanopost.nexttoken import NonFiniteLoss
+from nanopost.preferences import (PreferenceConfig, last_token_rewards, load_reward_model, pair_batch, preference_data,
+                                  preference_rate, sequence_logprobs, train_pairs)
 from nanopost.rollout import completion_logprobs, completion_values, sample_rollouts
-from nanopost.graders import GRADERS
+from nanopost.graders import GRADERS, grade_many
 from nanopost.tokenizer import ConversationError, render_prompt
 
 
 @dataclasses.dataclass
-class RLConfig(RunConfig):
+class RLConfig(PreferenceConfig):
     out: str = flag("runs/rl", "output folder")
-    steps: int = flag(100, "optimiser steps (one batch of rollouts each)")
-    algo: str = flag("grpo", "grpo | ppo | reinforce | rloo", "algorithm")
+    steps: int = flag(100, "optimiser steps (one batch of rollouts, or of preference pairs, each)")
+    algo: str = flag("grpo", "grpo | ppo | reinforce | rloo | dpo", "algorithm")
     # data
+    reward: str = flag("graders", "graders | rm:CKPT | rm:CKPT,graders: the reward (RLHF with a train_rm.py model)",
+                       "data")
     families: str = flag("roots,code", "built-in task families to train on (comma-separated)", "data")
     n_prompts: int = flag(4000, "built-in training prompts", "data")
     eval_prompts: int = flag(200, "built-in held-out prompts (at most; distinct prompts only)", "data")
-    eval_data: str = flag("", "held-out §8 JSONL (default: the built-in held-out split)", "data")
+    eval_data: str = flag("", "held-out JSONL: §8 prompts, or §7 pairs for dpo (default: the built-in split)", "data")
     suites_dir: str = flag("", "folder of code_grader test suites (default: next to the data)", "data")
     eval_every: int = flag(25, "steps between held-out evaluations (0: only before and after)", "data")
     # rollouts
@@ -74,11 +80,12 @@ class RLConfig(RunConfig):
     reward_weights: str = flag("", "grader weights, e.g. math_grader=1,code_grader=0.5 (default 1 each)", "rollouts")
     # the policy update
     lr: float = flag(1e-4, "learning rate", "algorithm")
-    beta: float = flag(0.04, "KL coefficient against the reference model (§6)", "algorithm")
+    beta: float = flag(-1.0, "KL coefficient against the reference model (§6); <0: 0.04, or 0.1 for dpo", "algorithm")
     kl_estimator: str = flag("k3", "k1 | k2 | k3: the KL estimator inside the GRPO loss", "algorithm")
     epsilon: float = flag(0.2, "ratio clip, lower side (and upper when epsilon_high < 0)", "algorithm")
     epsilon_high: float = flag(-1.0, "ratio clip, upper side (DAPO's clip-higher); <0: = epsilon", "algorithm")
-    loss_type: str = flag("grpo", "grpo | dapo | dr_grpo: how token losses are averaged", "algorithm")
+    loss_type: str = flag("", "grpo | dapo | dr_grpo: how token losses are averaged (default grpo); "
+                              "dpo: sigmoid | ipo | hinge | robust (default sigmoid)", "algorithm")
     scale_rewards: str = flag("group", "group | batch | none: GRPO advantage scaling", "algorithm")
     num_iterations: int = flag(2, "optimiser passes over each batch of rollouts (old log-probs stored)", "algorithm")
     micro_batch_size: int = flag(32, "completions per forward pass (gradient accumulation)", "algorithm")
@@ -91,6 +98,10 @@ class RLConfig(RunConfig):
     cliprange_value: float = flag(0.2, "PPO value clip", "ppo")
     missing_eos_penalty: float = flag(0.0, "PPO: subtracted from the score of a completion without end-of-turn", "ppo")
     value_init: str = flag("", "PPO critic init: a reward-model checkpoint (default: the policy)", "ppo")
+    # DPO (offline, on §7 pairs; the data flags are under 'preferences')
+    batch_size: int = flag(32, "DPO: pairs per optimiser step", "dpo")
+    warmup: int = flag(10, "DPO: warm-up steps", "dpo")
+    label_smoothing: float = flag(0.0, "DPO: assumed label-noise rate (sigmoid: cDPO, robust)", "dpo")
 
 
 def parse_weights(text):
@@ -101,13 +112,52 @@ def parse_weights(text):
     return weights
 
 
-def rl_record(record, tok, max_prompt_len):
+def parse_reward(spec):
+    """'graders' | 'rm:CKPT' | 'rm:CKPT,graders' -> (use the graders?, reward-model path or '')."""
+    use_graders, rm_path = False, ""
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part == "graders":
+            use_graders = True
+        elif part.startswith("rm:") and part[3:]:
+            rm_path = part[3:]
+        else:
+            raise ValueError(f"unknown --reward part {part!r}; use graders, rm:CKPT or both (comma-separated)")
+    if not use_graders and not rm_path:
+        raise ValueError("--reward names no reward; use graders, rm:CKPT or both")
+    return use_graders, rm_path
+
+
+def reward_model_fn(rm, rm_tok, stats, use_graders, suites_dir):
+    """RLHF (§6, §7): the reward model's standardised score (r - mean) / std of each completion,
+    read at its last token, as the reward 'reward_model' (plus the graders' rewards when asked)."""
+    block = rm.gpt.config.block_size
+
+    @torch.no_grad()
+    def reward_fn(texts, rows):
+        seqs = [(render_prompt(rm_tok, r["prompt"]) + rm_tok.encode(t) + [rm_tok.end_id])[:block]
+                for r, t in zip(rows, texts)]
+        device = next(rm.parameters()).device
+        idx = torch.full((len(seqs), max(map(len, seqs))), rm_tok.pad_id, dtype=torch.long)
+        for b, seq in enumerate(seqs):
+            idx[b, :len(seq)] = torch.tensor(seq)
+        scores = last_token_rewards(rm, idx.to(device), torch.tensor([len(q) for q in seqs], device=device)).float()
+        scores = ((scores - stats["reward_mean"]) / stats["reward_std"]).tolist()
+        graded = grade_many(texts, [r.get("metadata", {}) for r in rows], suites_dir=suites_dir) if use_graders \
+            else [{} for _ in rows]
+        return [{**g, "reward_model": s} for g, s in zip(graded, scores)]
+
+    return reward_fn
+
+
+def rl_record(record, tok, max_prompt_len, need_scorer=True):
     """Validate one §8 record: a prompt (messages ending with a user turn) that fits the context,
-    and metadata naming known graders."""
+    and metadata naming known graders (optional when a reward model gives the reward)."""
     if not isinstance(record.get("prompt"), list) or not record["prompt"]:
         raise ConversationError("record needs a non-empty 'prompt' list of messages")
     render_prompt(tok, record["prompt"], max_prompt_len)
     metadata = record.get("metadata")
+    if not need_scorer and (not isinstance(metadata, dict) or "scorer" not in metadata):
+        return record
     if not isinstance(metadata, dict) or "scorer" not in metadata:
         raise ValueError("record needs 'metadata' with a 'scorer' (math_grader, code_grader, ...)")
     scorers = [metadata["scorer"]] if isinstance(metadata["scorer"], str) else metadata["scorer"]
@@ -149,10 +199,102 @@ def advantages_for(cfg, batch, mask, logprobs, ref_logprobs, baseline, values=No
     return whiten(advantages, mask), returns, baseline
 
 
+def train_dpo(cfg):
+    """DPO (§9): offline, on §7 preference pairs, no reward model and no sampling while training.
+    The reference is the starting model; its log-probs of every pair are computed once, before the
+    first update, so no second model stays in memory (a resumed run reads them from the checkpoint)."""
+    if cfg.loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"unknown DPO --loss_type {cfg.loss_type!r}; use {', '.join(DPO_LOSS_TYPES)}")
+    t_start = time.time()
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    ckpt_path = os.path.join(cfg.out, "ckpt")
+    init = cfg.init or cached_checkpoint("sft", train_sft.main, cfg.device, cfg.seed)
+    state = load_checkpoint(ckpt_path if cfg.resume else init, device)
+    policy, tok = state["model"], state["tok"]
+    log = RunLog(cfg.out, cfg.steps, state["meta"]["step"] if cfg.resume else 0, stage="dpo")
+    judge_model = load_checkpoint(cfg.judge, device)["model"] if cfg.judge else None
+    train, held_out, eval_prompts, report = preference_data(cfg, policy, tok, policy.config.block_size, log, judge_model)
+    log.info(f"{len(train)} training pairs, {len(held_out)} held-out pairs, {len(eval_prompts)} held-out prompts "
+             f"with a ground truth, init {init}, device {device}")
+    ipo = cfg.loss_type == "ipo"  # IPO compares length-averaged log-probs
+
+    @torch.no_grad()
+    def logps_of(pairs):
+        """-> (chosen (P,), rejected (P,)) under the current policy."""
+        chosen, rejected = [], []
+        for lo in range(0, len(pairs), 64):
+            chunk = pairs[lo:lo + 64]
+            logps = sequence_logprobs(policy, pair_batch(chunk, tok.pad_id, device), average=ipo)
+            chosen.append(logps[:len(chunk)])
+            rejected.append(logps[len(chunk):])
+        return torch.cat(chosen), torch.cat(rejected)
+
+    policy.eval()
+    if cfg.resume:
+        ref_chosen, ref_rejected = state["extra"]["ref_chosen"].to(device), state["extra"]["ref_rejected"].to(device)
+        before = state["meta"]["run"]["preference_before"]
+    else:
+        ref_chosen, ref_rejected = logps_of(train)
+        before = preference_rate(policy, tok, eval_prompts)[0] if eval_prompts else None
+        log.info(f"held-out preference rate before: {before}")
+    heldout_ref = logps_of(held_out) if held_out and not cfg.resume else None
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if cfg.resume:
+        optimizer.load_state_dict(state["optimizer_state"])
+        set_rng_state(state["rng"])
+
+    def loss_fn(indices, n_total):
+        pairs = [train[i] for i in indices]
+        logps = sequence_logprobs(policy, pair_batch(pairs, tok.pad_id, device), average=ipo)  # (2P,)
+        chosen, rejected = logps[:len(pairs)], logps[len(pairs):]
+        rows = torch.tensor(indices, device=device)
+        losses = dpo_loss(chosen, rejected, ref_chosen[rows], ref_rejected[rows], cfg.beta, cfg.loss_type,
+                          cfg.label_smoothing)
+        metrics = dpo_rewards(chosen, rejected, ref_chosen[rows], ref_rejected[rows], cfg.beta)
+        return losses.sum() / n_total, {k: v.sum() for k, v in metrics.items()}
+
+    def save(step):
+        run = {**dataclasses.asdict(cfg), "init": init, "preference_before": before}
+        save_checkpoint(ckpt_path, policy, tok, step, run, "dpo", optimizer, rng_state(),
+                        {"ref_chosen": ref_chosen.cpu(), "ref_rejected": ref_rejected.cpu()})
+
+    policy.train()
+    try:
+        history = train_pairs(list(policy.parameters()), optimizer, train, loss_fn, cfg, log,
+                              state["meta"]["step"] if cfg.resume else 0, save)
+    except NonFiniteLoss as e:
+        log.info(str(e))
+        sys.exit(1)
+    save(cfg.steps)
+
+    policy.eval()
+    after = preference_rate(policy, tok, eval_prompts)[0] if eval_prompts else None
+    log.info(f"held-out preference rate after: {after}")
+    heldout = {}
+    if heldout_ref is not None:  # the implicit-reward ranking of held-out pairs
+        chosen, rejected = logps_of(held_out)
+        heldout = {"heldout_reward_accuracy": float(((chosen - heldout_ref[0]) > (rejected - heldout_ref[1])).float().mean())}
+    curve = [{k: h[k] for k in ("step", "logps/chosen", "logps/rejected", "rewards/margins")}
+             for h in history[::max(len(history) // 10, 1)] + history[-1:]]
+    return log.finish({"stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": cfg.steps,
+                       "preference_rate_before": before["rate"] if before else None,
+                       "preference_rate_after": after["rate"] if after else None,
+                       "preference_before": before, "preference_after": after, **heldout,
+                       "logps_curve": curve, "data": report, "wall_s": time.time() - t_start, "ckpt": ckpt_path})
+
+
 def main(argv=None):
     cfg = parse_config(RLConfig, argv, description=__doc__.split("\n\n")[0])
-    if cfg.algo not in ("grpo", "ppo", "reinforce", "rloo"):
-        raise ValueError(f"unknown --algo {cfg.algo!r}; use grpo, ppo, reinforce or rloo")
+    if cfg.algo not in ("grpo", "ppo", "reinforce", "rloo", "dpo"):
+        raise ValueError(f"unknown --algo {cfg.algo!r}; use grpo, ppo, reinforce, rloo or dpo")
+    dpo = cfg.algo == "dpo"
+    cfg = dataclasses.replace(cfg, beta=cfg.beta if cfg.beta >= 0 else (0.1 if dpo else 0.04),
+                              loss_type=cfg.loss_type or ("sigmoid" if dpo else "grpo"))
+    if dpo:
+        return train_dpo(cfg)
+    use_graders, rm_path = parse_reward(cfg.reward)
     t_start = time.time()
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -172,14 +314,23 @@ def main(argv=None):
         critic.to(device).requires_grad_(True)
         if cfg.resume and start["extra"] and "critic" in start["extra"]:
             critic.load_state_dict(start["extra"]["critic"])
+    reward_fn = rm = None
+    if rm_path:  # RLHF: the reward model is frozen; its statistics standardise its score
+        rm, rm_tok, rm_stats = load_reward_model(rm_path, device)
+        rm.requires_grad_(False)
+        reward_fn = reward_model_fn(rm, rm_tok, rm_stats, use_graders, cfg.suites_dir or None)
     policy.train()
 
     # data: the user's §8 JSONL or the built-in verifiable prompts (suites written beside them)
     max_prompt_len = policy.config.block_size - cfg.max_completion_length
-    check = lambda record: rl_record(record, tok, max_prompt_len)
+    check = lambda record: rl_record(record, tok, max_prompt_len, need_scorer=not rm_path)
     if cfg.data:
         train_records, report = load_records(cfg.data, check, cfg.skip_bad)
         suites_dir = cfg.suites_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.data)), "suites")
+    elif rm_path and not use_graders:  # RLHF on the built-in preference questions (the RM's domain)
+        suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
+        train_records = world.preference_prompts("train", cfg.seed, cfg.n_prompts)
+        report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
     else:
         suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
         families = {name: world.SFT_FAMILIES[name] for name in cfg.families.split(",")}
@@ -189,6 +340,8 @@ def main(argv=None):
         eval_records, _ = load_records(cfg.eval_data, check)
     elif cfg.data:
         eval_records = []
+    elif rm_path and not use_graders:
+        eval_records = world.preference_prompts("eval")
     else:
         eval_records = world.rl_records(cfg.eval_prompts, "eval", cfg.seed, suites_dir, families)
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
@@ -206,11 +359,24 @@ def main(argv=None):
     log = RunLog(cfg.out, cfg.steps, step0, stage=f"rl/{cfg.algo}")
     log.info(f"{len(train_records)} training prompts, {len(eval_records)} held-out, init {init}, device {device}")
 
+    verifiable = [r for r in eval_records if "scorer" in r.get("metadata", {})]
+    with_gold = [r for r in eval_records if "gold" in r.get("metadata", {})]
+
     def evaluate(tag):
-        if not eval_records:
-            return {"all": None, "by_grader": {}, "by_family": {}}
-        acc, replies = verifiable_accuracy(policy, tok, eval_records, suites_dir, cfg.max_completion_length)
-        log.info(f"held-out accuracy {tag}: {acc['all']:.3f} {acc['by_family']} e.g. {replies[0]!r}")
+        """Held-out: verifiable accuracy (§8 records), and for prompts with a ground truth the
+        preference rate next to the reward model's score of the same answers, so that reward
+        hacking (RM score up, preference rate not) shows."""
+        acc = {"all": None, "by_grader": {}, "by_family": {}}
+        if verifiable:
+            acc, replies = verifiable_accuracy(policy, tok, verifiable, suites_dir, cfg.max_completion_length)
+            log.info(f"held-out accuracy {tag}: {acc['all']:.3f} {acc['by_family']} e.g. {replies[0]!r}")
+        if with_gold:
+            acc["preference"], replies = preference_rate(policy, tok, with_gold, cfg.max_completion_length)
+            if reward_fn is not None:
+                scores = reward_fn(replies, with_gold)
+                acc["preference"]["rm_score"] = sum(s["reward_model"] for s in scores) / len(scores)
+            log.info(f"held-out preference rate {tag}: {acc['preference']} e.g. {replies[0]!r}")
+        policy.train()
         return acc
 
     before = start["meta"]["run"].get("accuracy_before") if cfg.resume else evaluate("before")
@@ -221,13 +387,13 @@ def main(argv=None):
         run = {**dataclasses.asdict(cfg), "init": init, "accuracy_before": before}
         save_checkpoint(ckpt_path, policy, tok, step, run, "rl", optimizer, rng_state(), extra)
 
-    step_times = []
+    step_times, kls = [], []
     for step in range(step0, cfg.steps):
         t0 = time.time()
         # 1. rollouts: G completions for each of this step's prompts
         records = [train_records[order[(step * cfg.prompts_per_step + i) % len(order)]] for i in range(cfg.prompts_per_step)]
         batch = sample_rollouts(policy, tok, records, cfg.num_generations, cfg.max_completion_length, cfg.temperature,
-                                cfg.top_k or None, cfg.top_p, weights, suites_dir, sampler_rng)
+                                cfg.top_k or None, cfg.top_p, weights, suites_dir, sampler_rng, reward_fn)
         mask = batch.mask * (~batch.truncated).float()[:, None] if cfg.mask_truncated_completions else batch.mask
         B = mask.size(0)
         # 2. reference log-probs, values and advantages, before the update. The KL shaping uses the
@@ -236,7 +402,7 @@ def main(argv=None):
         with torch.no_grad(), autocast(device, cfg.dtype):  # same precision as the training forward
             ref_logprobs = completion_logprobs(ref, batch, cfg.temperature) if cfg.beta > 0 else None
             old_values = completion_values(critic, batch).float() if critic else None
-        tasks = [str(r["metadata"]["scorer"]) for r in records for _ in range(cfg.num_generations)]
+        tasks = [str(r.get("metadata", {}).get("scorer", "reward_model")) for r in records for _ in range(cfg.num_generations)]
         advantages, returns, baseline = advantages_for(cfg, batch, mask, batch.sampler_logprobs, ref_logprobs,
                                                        baseline, old_values, tasks)
         old_logprobs = torch.zeros_like(mask)  # π_old: filled by the first pass, before any update
@@ -281,6 +447,7 @@ def main(argv=None):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         step_times.append(time.time() - t0)
+        kls.append(stats["kl"])
 
         # 4. metrics with the names practitioners know
         groups = batch.rewards.view(-1, cfg.num_generations)
@@ -301,7 +468,9 @@ def main(argv=None):
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             acc = evaluate(f"at step {step + 1}")
             metrics["heldout_accuracy"] = acc["all"]
-            curve.append((step + 1, acc["all"]))
+            if "preference" in acc:
+                metrics["heldout_preference_rate"] = acc["preference"]["rate"]
+            curve.append((step + 1, acc["all"] if "preference" not in acc else acc["preference"]["rate"]))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps or "heldout_accuracy" in metrics:
             log.log(step + 1, **metrics)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -309,7 +478,13 @@ def main(argv=None):
 
     save(cfg.steps)
     after = evaluate("after")
-    return log.finish({"stage": "rl", "algo": cfg.algo, "steps": cfg.steps,
+    preference = {}
+    if "preference" in after:
+        preference = {"preference_rate_before": before["preference"]["rate"],
+                      "preference_rate_after": after["preference"]["rate"],
+                      "preference_before": before["preference"], "preference_after": after["preference"],
+                      "kl_last10": sum(kls[-10:]) / max(len(kls[-10:]), 1)}
+    return log.finish({"stage": "rl", "algo": cfg.algo, "reward": cfg.reward, "steps": cfg.steps, **preference,
                        "accuracy_before": before["all"], "accuracy_after": after["all"],
                        "accuracy_by_grader_before": before["by_grader"], "accuracy_by_grader_after": after["by_grader"],
                        "accuracy_by_family_before": before["by_family"], "accuracy_by_family_after": after["by_family"],

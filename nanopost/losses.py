@@ -154,3 +154,56 @@ def clipped_value_loss(values, old_values, returns, mask, cliprange_value=0.2):
         V_clip = V_old + clip(V - V_old, -c, c);  loss_t = ½ max((V - R)², (V_clip - R)²)"""
     v_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     return 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2) * mask
+
+
+# ----------------------------------------------------------------------------------------------
+# preferences (§7, §9). Shapes: P pairs; every input is (P,).
+
+def bradley_terry_loss(r_chosen, r_rejected, margin=None):
+    """Reward-model loss (§7): P(chosen ≻ rejected) = σ(r_c - r_r), so per pair
+        loss = -log σ(r_c - r_r - m)
+    with an optional per-pair margin m (Llama 2's "how much better"). At r_c = r_r (and m = 0)
+    the loss is ln 2. logsigmoid is stable for any difference."""
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        diff = diff - margin
+    return -torch.nn.functional.logsigmoid(diff)
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+             loss_type="sigmoid", label_smoothing=0.0):
+    """Direct preference optimisation (§9), per pair. Inputs are log π(response | prompt), summed
+    over the response tokens (for ipo: averaged over them, as IPO prescribes). With the implicit
+    rewards r = β (log π - log π_ref) and h = (log π_c - log π_ref,c) - (log π_r - log π_ref,r):
+        sigmoid  -(1 - ε) log σ(β h) - ε log σ(-β h)       (ε = label_smoothing: conservative DPO)
+        robust   (-(1 - ε) log σ(β h) + ε log σ(-β h)) / (1 - 2ε)   (unbiased under label noise ε)
+        hinge    max(0, 1 - β h)                             (SLiC)
+        ipo      (h - 1 / (2β))²                             (IPO)
+    At policy = reference (h = 0) sigmoid gives ln 2."""
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    logsig = torch.nn.functional.logsigmoid
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        return -(1 - eps) * logsig(beta * h) - eps * logsig(-beta * h)
+    if loss_type == "robust":
+        assert eps < 0.5, "robust DPO needs label_smoothing < 0.5"
+        return (-(1 - eps) * logsig(beta * h) + eps * logsig(-beta * h)) / (1 - 2 * eps)
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * h)
+    if loss_type == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    raise ValueError(f"unknown DPO loss_type {loss_type!r}; use {', '.join(DPO_LOSS_TYPES)}")
+
+
+def dpo_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    """DPO's implicit rewards r = β (log π - log π_ref) and the per-pair metrics TRL logs (§9):
+    rewards/chosen, rewards/rejected, rewards/margins = r_c - r_r, rewards/accuracies = [r_c > r_r],
+    and the policy's log-probs logps/chosen, logps/rejected (a falling logps/chosen is visible)."""
+    r_c = beta * (policy_chosen_logps - ref_chosen_logps).detach()
+    r_r = beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    return {"rewards/chosen": r_c, "rewards/rejected": r_r, "rewards/margins": r_c - r_r,
+            "rewards/accuracies": (r_c > r_r).float(), "logps/chosen": policy_chosen_logps.detach(),
+            "logps/rejected": policy_rejected_logps.detach()}

@@ -1,0 +1,554 @@
+"""Preference learning (§6, §7, §9): the Bradley-Terry and DPO losses (sigmoid, conservative,
+robust, hinge, ipo) and DPO's logged metrics against hand-worked numbers and float64
+references; §7 records -> pairs (rankings, margins, named errors with file and line);
+pair_batch / sequence_logprobs / last_token_rewards against unpadded float64 references;
+batch_indices epochs; the AI judge's aggregation over orders and principles, the constitution
+file format and the built-in model judge; the world's ground truth (gold_checks, gold_prefers)
+and its preference records (split-disjoint, strictly ranked, renderable). No training runs."""
+import math
+
+import pytest
+import torch
+
+from nanopost import world
+from nanopost.data import DataError, write_jsonl
+from nanopost.judge import judge_preference, load_constitution, model_judge
+from nanopost.losses import DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss, dpo_rewards
+from nanopost.model import GPT, GPTConfig, ScalarModel
+from nanopost.preferences import (
+    Pair, batch_indices, last_token_rewards, load_preferences, pair_batch, preference_pairs, sequence_logprobs,
+)
+from nanopost.tokenizer import Tokenizer, render_prompt
+
+LN2 = math.log(2.0)
+BLOCK = 128
+
+
+def softplus(x):
+    """log(1 + e^x) = -log σ(-x), by hand (x small enough for math.exp)."""
+    return math.log1p(math.exp(x))
+
+
+# ----------------------------------------------------------------------------- fixtures / helpers
+
+
+@pytest.fixture(scope="module")
+def tok():
+    # 512, not 400: the built-in judge needs ' yes' and ' no' to start with different tokens,
+    # which a 400-token vocabulary does not give (both start with the bare ' ' byte)
+    return Tokenizer.train("\n\n".join(world.base_corpus(2000, seed=0)), 512)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """A tiny random GPT whose weights are sharper than the 0.02 init, so log-probs differ clearly
+    from token to token (an off-by-one position would show)."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tok.vocab_size))
+    with torch.no_grad():
+        for p in gpt.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    return gpt.eval()
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+PROMPT = user("What is the capital of France?")
+GOOD = {"prompt": PROMPT, "chosen": assistant("The capital of France is Paris."),
+        "rejected": assistant("? The capital of France is Paris.")}
+
+
+def t(*xs, dtype=torch.float32, grad=False):
+    return torch.tensor(xs, dtype=dtype, requires_grad=grad)
+
+
+# ----------------------------------------------------------------------------- Bradley-Terry
+
+
+@pytest.mark.parametrize("r", [-3.0, 0.0, 0.7, 12.5])
+def test_bradley_terry_is_ln2_at_equal_rewards(r):
+    loss = bradley_terry_loss(t(r, r), t(r, r))                              # (2,)
+    assert loss.shape == (2,)
+    torch.testing.assert_close(loss.double(), torch.full((2,), LN2, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_bradley_terry_gradient_raises_chosen_and_lowers_rejected():
+    r_c, r_r = t(0.3, -1.0, 2.0, grad=True), t(0.3, 0.5, -2.0, grad=True)
+    bradley_terry_loss(r_c, r_r).sum().backward()
+    assert (r_c.grad < 0).all() and (r_r.grad > 0).all()
+    # d/dr_c [-log σ(d)] = -(1 - σ(d)) = -σ(-d), by hand
+    for d, g in zip([0.0, -1.5, 4.0], r_c.grad.tolist()):
+        assert abs(g - (-1.0 / (1.0 + math.exp(d)))) < 1e-6
+    with torch.no_grad():  # one gradient-descent step
+        new_c, new_r = r_c - 0.1 * r_c.grad, r_r - 0.1 * r_r.grad
+    assert (new_c > r_c).all() and (new_r < r_r).all()
+
+
+def test_bradley_terry_margin_hand_worked():
+    loss = bradley_terry_loss(t(1.0), t(0.0), margin=t(0.5))
+    assert abs(loss.item() - softplus(-0.5)) < 1e-6                       # -log σ(1 - 0 - 0.5)
+    # a margin makes the same pair cost more
+    assert loss.item() > bradley_terry_loss(t(1.0), t(0.0)).item()
+
+
+def test_bradley_terry_is_stable_at_extreme_differences():
+    r_c, r_r = t(1e4, -1e4, grad=True), t(0.0, 0.0, grad=True)
+    loss = bradley_terry_loss(r_c, r_r)
+    assert torch.isfinite(loss).all()
+    assert loss[0].item() < 1e-6                                          # certain and right: ~0
+    assert abs(loss[1].item() - 1e4) < 1e-2                               # certain and wrong: ~|diff|
+    loss.sum().backward()
+    assert torch.isfinite(r_c.grad).all()
+    assert abs(r_c.grad[1].item() + 1.0) < 1e-6 and abs(r_c.grad[0].item()) < 1e-6
+
+
+# ----------------------------------------------------------------------------- DPO
+
+# pc=-1, pr=-3, rc=-2, rr=-2: h = (pc - rc) - (pr - rr) = 1 - (-1) = 2
+HAND = dict(policy_chosen_logps=t(-1.0), policy_rejected_logps=t(-3.0),
+            ref_chosen_logps=t(-2.0), ref_rejected_logps=t(-2.0))
+
+
+def test_dpo_sigmoid_is_ln2_when_policy_equals_reference():
+    g = torch.Generator().manual_seed(0)
+    c, r = -torch.rand(5, generator=g) * 20, -torch.rand(5, generator=g) * 20  # (5,) summed log-probs
+    for beta in (0.01, 0.1, 1.0):
+        loss = dpo_loss(c, r, c.clone(), r.clone(), beta)
+        torch.testing.assert_close(loss.double(), torch.full((5,), LN2, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("loss_type, beta, eps, expected", [
+    ("sigmoid", 0.5, 0.0, softplus(-1.0)),                                    # -log σ(1)
+    ("sigmoid", 0.5, 0.1, 0.9 * softplus(-1.0) + 0.1 * softplus(1.0)),        # conservative DPO
+    ("robust", 0.5, 0.1, (0.9 * softplus(-1.0) - 0.1 * softplus(1.0)) / 0.8),
+    ("hinge", 0.5, 0.0, 0.0),                                                 # max(0, 1 - 1)
+    ("hinge", 0.25, 0.0, 0.5),                                                # max(0, 1 - 0.5)
+    ("ipo", 0.5, 0.0, 1.0),                                                   # (2 - 1)²
+    ("ipo", 0.25, 0.0, 0.0),                                                  # (2 - 2)²
+])
+def test_dpo_hand_worked(loss_type, beta, eps, expected):
+    loss = dpo_loss(**HAND, beta=beta, loss_type=loss_type, label_smoothing=eps)
+    assert loss.shape == (1,)
+    assert abs(loss.item() - expected) < 1e-6
+
+
+def test_dpo_unknown_loss_type_raises():
+    with pytest.raises(ValueError, match="unknown DPO loss_type"):
+        dpo_loss(**HAND, beta=0.1, loss_type="kto")
+    assert set(DPO_LOSS_TYPES) == {"sigmoid", "ipo", "hinge", "robust"}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dpo_matches_float64_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    pc, pr, rc, rr = (-torch.rand(16, generator=g) * 30 for _ in range(4))  # (16,) each
+    beta, eps = 0.3, 0.15
+    h = ((pc.double() - rc.double()) - (pr.double() - rr.double())).tolist()
+    sp = lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x)))              # stable softplus, float64
+    refs = {"sigmoid": [(1 - eps) * sp(-beta * x) + eps * sp(beta * x) for x in h],
+            "robust": [((1 - eps) * sp(-beta * x) - eps * sp(beta * x)) / (1 - 2 * eps) for x in h],
+            "hinge": [max(0.0, 1 - beta * x) for x in h],
+            "ipo": [(x - 1 / (2 * beta)) ** 2 for x in h]}
+    for loss_type, ref in refs.items():
+        loss = dpo_loss(pc, pr, rc, rr, beta, loss_type, label_smoothing=eps if loss_type in ("sigmoid", "robust") else 0)
+        torch.testing.assert_close(loss.double(), torch.tensor(ref, dtype=torch.float64), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", DPO_LOSS_TYPES)
+def test_dpo_gradient_step_raises_chosen_and_lowers_rejected(loss_type):
+    # at policy = reference (h = 0) every variant still wants a larger h
+    pc, pr = t(-5.0, -2.0, grad=True), t(-4.0, -7.0, grad=True)
+    loss = dpo_loss(pc, pr, pc.detach().clone(), pr.detach().clone(), beta=0.1, loss_type=loss_type,
+                    label_smoothing=0.1 if loss_type == "robust" else 0.0)
+    loss.sum().backward()
+    assert (pc.grad < 0).all() and (pr.grad > 0).all()
+    with torch.no_grad():
+        assert (pc - 0.1 * pc.grad > pc).all() and (pr - 0.1 * pr.grad < pr).all()
+
+
+def test_dpo_rewards_metrics_hand_worked():
+    # pair 0: the hand example (r_c = 0.5·1, r_r = 0.5·(-1)); pair 1: a tie; pair 2: the wrong way round
+    pc, pr = t(-1.0, -2.0, -4.0, grad=True), t(-3.0, -2.0, -1.0, grad=True)
+    rc, rr = t(-2.0, -2.0, -3.0), t(-2.0, -2.0, -2.0)
+    m = dpo_rewards(pc, pr, rc, rr, beta=0.5)
+    close = lambda a, b: torch.testing.assert_close(a, torch.tensor(b), atol=1e-6, rtol=0)
+    close(m["rewards/chosen"], [0.5, 0.0, -0.5])                          # β (pc - rc)
+    close(m["rewards/rejected"], [-0.5, 0.0, 0.5])                        # β (pr - rr)
+    close(m["rewards/margins"], [1.0, 0.0, -1.0])
+    close(m["rewards/accuracies"], [1.0, 0.0, 0.0])                       # strictly greater
+    close(m["logps/chosen"], [-1.0, -2.0, -4.0])
+    close(m["logps/rejected"], [-3.0, -2.0, -1.0])
+    assert not any(v.requires_grad for v in m.values())                   # metrics only
+
+
+# ----------------------------------------------------------------------------- §7 records -> pairs
+
+
+def test_ranking_of_four_gives_six_ordered_pairs(tok):
+    texts = ["The capital of France is Paris.", "Sure! The capital of France is Paris. I hope this helps!",
+             "The capital of France is Rome.", "? Write your answers below."]
+    record = {"prompt": PROMPT, "ranking": [assistant(x) for x in texts], "metadata": {"gold": {"answer": "Paris"}}}
+    pairs = preference_pairs(record, tok, max_len=256)
+    order = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert len(pairs) == 6
+    for p, (i, j) in zip(pairs, order):
+        assert p.chosen[-1] == tok.end_id and p.rejected[-1] == tok.end_id
+        assert tok.decode(p.chosen[:-1]) == texts[i] and tok.decode(p.rejected[:-1]) == texts[j]
+        assert p.margin == 0.0 and p.gold == {"answer": "Paris"}
+
+
+def test_pair_record_gives_one_pair_with_margin(tok):
+    pairs = preference_pairs({**GOOD, "margin": 2.5, "metadata": {"kind": "direct"}}, tok, max_len=256)
+    assert len(pairs) == 1
+    p = pairs[0]
+    assert p.margin == 2.5 and p.kind == "direct"
+    assert tok.decode(p.chosen[:-1]) == GOOD["chosen"][0]["content"]
+    assert tok.decode(p.rejected[:-1]) == GOOD["rejected"][0]["content"]
+    # the prompt ends with <|assistant|>; prompt + response is the rendered conversation
+    assert p.prompt[0] == tok.bos_id and p.prompt[-1] == tok.assistant_id
+    expected = ([tok.bos_id, tok.user_id] + tok.encode(PROMPT[0]["content"]) + [tok.end_id, tok.assistant_id]
+                + tok.encode(GOOD["chosen"][0]["content"]) + [tok.end_id])
+    assert p.prompt + p.chosen == expected
+    assert preference_pairs(GOOD, tok)[0].margin == 0.0                   # default margin
+
+
+BAD_RECORDS = [
+    ("missing chosen", {"prompt": PROMPT, "rejected": GOOD["rejected"]}, "chosen"),
+    ("chosen == rejected", {**GOOD, "rejected": GOOD["chosen"]}, "same response"),
+    ("ranking of 1", {"prompt": PROMPT, "ranking": [GOOD["chosen"]]}, "at least 2"),
+    ("user in chosen", {**GOOD, "chosen": GOOD["chosen"] + user("hi")}, "assistant messages only"),
+    ("non-numeric margin", {**GOOD, "margin": "big"}, "margin"),
+    ("NaN margin", {**GOOD, "margin": float("nan")}, "finite"),
+    ("empty prompt", {**GOOD, "prompt": []}, "prompt"),
+    ("prompt ends with assistant", {**GOOD, "prompt": PROMPT + assistant("Paris.")}, "end with a user"),
+    ("ranking repeats a response", {"prompt": PROMPT, "ranking": [GOOD["chosen"], GOOD["rejected"], GOOD["chosen"]]},
+     "same response twice"),
+    ("too long", {**GOOD, "chosen": assistant("Paris " * 80)}, "longer than max_len"),
+]
+
+
+@pytest.mark.parametrize("name, bad, reason", BAD_RECORDS, ids=[b[0] for b in BAD_RECORDS])
+def test_bad_record_names_file_line_and_reason(tmp_path, tok, name, bad, reason):
+    path = str(tmp_path / "file.jsonl")
+    write_jsonl(path, [GOOD, bad, GOOD])
+    with pytest.raises(DataError) as e:
+        load_preferences(path, tok, max_len=64)
+    assert str(e.value).startswith(f"{path}:2:")
+    assert reason.lower() in str(e.value).lower()
+
+
+def test_skip_bad_skips_and_counts(tmp_path, tok):
+    path = str(tmp_path / "file.jsonl")
+    bad = [b for _, b, _ in BAD_RECORDS]
+    write_jsonl(path, [GOOD] + bad + [{**GOOD, "margin": 1}])
+    pairs, report = load_preferences(path, tok, max_len=64, skip_bad=True)
+    assert report["skipped"] == len(bad) and report["used"] == 2 and report["records"] == len(bad) + 2
+    assert report["pairs"] == len(pairs) == 2 and [p.margin for p in pairs] == [0.0, 1.0]
+    assert sum(report["skipped_by_reason"].values()) == len(bad)
+    assert report["first_errors"][0].startswith(f"{path}:2:")
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def toy_pairs():
+    """Three pairs of different prompt / response lengths (token ids < 50 stand in for text)."""
+    return [Pair([1, 2, 3], [10, 11], [12, 13, 14, 15], margin=0.5),
+            Pair([1, 4], [16, 17, 18, 19, 20], [21]),
+            Pair([1, 5, 6, 7, 8], [22], [23, 24], margin=-1.0)]
+
+
+def test_pair_batch_layout():
+    pairs, pad = toy_pairs(), 99
+    b = pair_batch(pairs, pad)
+    P = len(pairs)
+    rows = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
+    L = max(map(len, rows))
+    assert b["idx"].shape == b["response_mask"].shape == (2 * P, L)        # (2P, L)
+    assert b["lengths"].tolist() == [len(r) for r in rows]
+    assert b["margin"].tolist() == [0.5, 0.0, -1.0]
+    for i, row in enumerate(rows):
+        assert b["idx"][i].tolist() == row + [pad] * (L - len(row))
+        start = len(pairs[i % P].prompt)
+        response = (pairs[i % P].chosen if i < P else pairs[i % P].rejected)
+        assert b["idx"][i, start:len(row)].tolist() == response
+        assert b["response_mask"][i].tolist() == [0.0] * start + [1.0] * len(response) + [0.0] * (L - len(row))
+
+
+def reference_logprob(model, prompt, response):
+    """Σ log π(response token | prefix), from the logits of the UNPADDED row, in float64."""
+    ids = prompt + response
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[:-1]]))[0].double()              # (len - 1, V)
+    lp = torch.log_softmax(logits, dim=-1)
+    return sum(lp[i - 1, ids[i]].item() for i in range(len(prompt), len(ids)))
+
+
+def test_sequence_logprobs_match_unpadded_float64_reference(tok, model):
+    pairs = preference_pairs({"prompt": PROMPT, "ranking": [
+        assistant("Paris."), assistant("The capital of France is Paris."),
+        assistant("Sure! The capital of France is Paris. I hope this helps you a lot today!")]}, tok, 256)
+    batch = pair_batch(pairs, tok.pad_id)
+    assert len(set(batch["lengths"].tolist())) > 1                        # real right padding
+    with torch.no_grad():
+        total = sequence_logprobs(model, batch)                            # (2P,)
+        mean = sequence_logprobs(model, batch, average=True)
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    prompts = [p.prompt for p in pairs] * 2
+    ref = torch.tensor([reference_logprob(model, pr, r) for pr, r in zip(prompts, responses)], dtype=torch.float64)
+    torch.testing.assert_close(total.double(), ref, atol=1e-4, rtol=0)
+    n = torch.tensor([len(r) for r in responses], dtype=torch.float64)
+    torch.testing.assert_close(mean.double(), ref / n, atol=1e-4, rtol=0)
+    # a single-token shift would change the sum by far more than the tolerance
+    assert (ref.max() - ref.min()).item() > 1.0
+
+
+def test_last_token_rewards_ignore_padding(tok, model):
+    rm = ScalarModel(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        rm.head.weight.copy_(torch.randn_like(rm.head.weight))
+        rm.head.bias.fill_(0.3)
+    ids = [tok.bos_id, tok.user_id] + tok.encode("Capital of Peru?") + [tok.end_id, tok.assistant_id] + \
+        tok.encode("Lima.") + [tok.end_id]
+    n = len(ids)
+    with torch.no_grad():
+        alone = rm(torch.tensor([ids]))[0, -1].item()                      # unpadded, last real position
+        assert abs(alone) > 1e-3                                           # the head is not zero
+        g = torch.Generator().manual_seed(2)
+        for extra in (0, 1, 7, 30):
+            junk = torch.randint(0, tok.vocab_size, (extra,), generator=g).tolist()
+            idx = torch.tensor([ids + junk, ids + [tok.pad_id] * extra])  # (2, n + extra): junk vs pad ids
+            r = last_token_rewards(rm, idx, torch.tensor([n, n]))          # (2,)
+            assert r.shape == (2,)
+            assert abs(r[0].item() - alone) < 1e-5 and abs(r[1].item() - alone) < 1e-5
+        # and the length is honoured: a shorter length reads an earlier position
+        shorter = last_token_rewards(rm, torch.tensor([ids]), torch.tensor([n - 1])).item()
+        assert abs(shorter - rm(torch.tensor([ids[:-1]]))[0, -1].item()) < 1e-5
+
+
+def test_batch_indices_epochs_cover_everything_once():
+    n, bs = 10, 4
+    stream = [i for s in range(15) for i in batch_indices(n, bs, s, seed=3)]  # 60 indices = 6 epochs
+    epochs = [stream[k:k + n] for k in range(0, len(stream), n)]
+    assert all(sorted(e) == list(range(n)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1                            # reshuffled each epoch
+    assert [batch_indices(n, bs, s, 3) for s in range(5)] == [batch_indices(n, bs, s, 3) for s in range(5)]
+    assert [batch_indices(n, bs, s, 3) for s in range(5)] != [batch_indices(n, bs, s, 4) for s in range(5)]
+    assert batch_indices(n, bs, 7, 3) == stream[28:32]                     # a resumed step sees the same batch
+
+
+# ----------------------------------------------------------------------------- the AI judge
+
+
+QUESTIONS = ["q1", "q2", "q3", "q4"]
+A_SIDE = ["short", "a much longer answer", "mid size", "equal"]
+B_SIDE = ["a longer answer here", "tiny", "mid-size!", "equal"]
+
+
+def always_a(questions, a, b, principle):
+    return [1.0] * len(questions)
+
+
+def prefers_shorter(questions, a, b, principle):
+    return [0.9 if len(x) < len(y) else 0.1 if len(x) > len(y) else 0.5 for x, y in zip(a, b)]
+
+
+def test_judge_position_bias_cancels():
+    p = judge_preference(always_a, [(1.0, "p")], QUESTIONS, A_SIDE, B_SIDE)
+    torch.testing.assert_close(p, torch.full((4,), 0.5, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_judge_prefers_shorter_and_is_antisymmetric():
+    p_ab = judge_preference(prefers_shorter, [(1.0, "p")], QUESTIONS, A_SIDE, B_SIDE)
+    p_ba = judge_preference(prefers_shorter, [(1.0, "p")], QUESTIONS, B_SIDE, A_SIDE)
+    for i, (a, b) in enumerate(zip(A_SIDE, B_SIDE)):
+        assert (p_ab[i].item() > 0.5) == (len(a) < len(b))
+    assert abs(p_ab[0].item() - 0.9) < 1e-9                               # ½ (0.9 + 1 - 0.1)
+    assert abs(p_ab[3].item() - 0.5) < 1e-9                               # equal lengths: no preference
+    torch.testing.assert_close(p_ab + p_ba, torch.ones(4, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_judge_heavier_principle_wins():
+    def judge(questions, a, b, principle):  # "short" prefers the shorter side, "long" the longer, both at 0.9
+        return prefers_shorter(questions, a, b, "") if principle == "short" else prefers_shorter(questions, b, a, "")
+    p = judge_preference(judge, [(8.0, "short"), (1.0, "long")], QUESTIONS[:1], A_SIDE[:1], B_SIDE[:1]).item()
+    logit = math.log(0.9 / 0.1)
+    assert abs(p - 1 / (1 + math.exp(-(8 - 1) * logit))) < 1e-9            # σ(8 logit 0.9 - 1 logit 0.9)
+    p = judge_preference(judge, [(1.0, "short"), (8.0, "long")], QUESTIONS[:1], A_SIDE[:1], B_SIDE[:1]).item()
+    assert p < 0.5
+
+
+def test_judge_indifferent_principle_adds_nothing():
+    def judge(questions, a, b, principle):
+        return [0.5] * len(a) if principle == "none" else prefers_shorter(questions, a, b, principle)
+    without = judge_preference(judge, [(2.0, "s")], QUESTIONS, A_SIDE, B_SIDE)
+    with_it = judge_preference(judge, [(2.0, "s"), (8.0, "none")], QUESTIONS, A_SIDE, B_SIDE)
+    torch.testing.assert_close(with_it, without, atol=1e-9, rtol=0)
+
+
+def test_builtin_constitution():
+    c = load_constitution()
+    assert [w for w, _ in c] == [8, 4, 2, 1]
+    assert [text for _, text in c] == list(world.PRINCIPLES.values())
+
+
+def test_constitution_file(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("# my principles\n\n3 | Be kind\n   \nBe brief\n  # indented comment\n0.5|Be exact.\n")
+    assert load_constitution(str(path)) == [(3.0, "Be kind"), (1.0, "Be brief"), (0.5, "Be exact.")]
+
+
+@pytest.mark.parametrize("line, reason", [("x | foo", "not a number"), ("0 | foo", "positive"),
+                                          ("-2 | foo", "positive"), ("nan | foo", "positive"),
+                                          ("3 |   ", "empty principle")])
+def test_constitution_bad_line_names_file_and_line(tmp_path, line, reason):
+    path = tmp_path / "c.txt"
+    path.write_text(f"1 | Be kind\n{line}\n")
+    with pytest.raises(ValueError) as e:
+        load_constitution(str(path))
+    assert f"{path}:2:" in str(e.value) and reason in str(e.value)
+
+
+def test_constitution_empty_file(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="no principles") as e:
+        load_constitution(str(path))
+    assert str(path) in str(e.value)
+
+
+def reference_judge(model, tok, question, a, b, principle):
+    """The built-in judge by hand, one unpadded forward per verdict, in float64:
+    p_A = P(' yes' | prompt 'A:'), p_B = P(' yes' | prompt 'A:' <likelier verdict> '\nB:'),
+    each against ' no' (first tokens), and P(A better) = ½ + ½ (p_A - p_B)."""
+    yes, no = tok.encode(" yes")[0], tok.encode(" no")[0]
+
+    def p_yes(ids):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0, -1].double()              # (V,)
+        return torch.softmax(logits[[yes, no]], dim=0)[0].item()
+
+    seq = render_prompt(tok, user(world.judge_prompt(principle, question, a, b))) + tok.encode("A:")
+    pa = p_yes(seq)
+    pb = p_yes(seq + tok.encode(" yes" if pa > 0.5 else " no") + tok.encode("\nB:"))
+    return 0.5 + 0.5 * (pa - pb)
+
+
+def test_model_judge_probabilities_and_context_limit(tok, model):
+    judge = model_judge(model, tok, batch_size=2)                          # chunks of 2: padding inside a chunk
+    questions = ["Hi?", "Capital of Peru?", "Why?", "What is the capital of France?"]
+    a = ["Yes.", "Lima.", "Because it is so.", "The capital of France is Paris. " * 12]
+    b = ["No.", "Quito, I think.", "No.", "Rome."]
+    p = judge(questions, a, b, "Be brief.")
+    assert len(p) == 4 and all(0.0 <= x <= 1.0 for x in p)
+    assert len(render_prompt(tok, user(world.judge_prompt("Be brief.", questions[3], a[3], b[3])))) > BLOCK
+    assert p[3] == 0.5                                                     # too long for block_size: no opinion
+    for i in range(3):                                                     # the three that fit
+        assert abs(p[i] - reference_judge(model, tok, questions[i], a[i], b[i], "Be brief.")) < 1e-5
+    assert max(abs(x - 0.5) for x in p[:3]) > 1e-3                        # the check above is not trivial
+
+
+def test_model_judge_asks_in_the_format_sft_teaches(tok):
+    """The judge's query (prompt, 'A:', verdict, '\nB:') is a prefix of the rendered SFT judging
+    conversation (world.judge_records), token for token, so it reads the verdict tokens SFT trained."""
+    from nanopost.tokenizer import render_conversation
+    content = world.judge_prompt("Be brief.", "Hi?", "Yes.", "No.")
+    ids, _ = render_conversation(tok, user(content) + assistant(world.judge_verdict(1, 0)))
+    query = render_prompt(tok, user(content)) + tok.encode("A:") + tok.encode(" yes") + tok.encode("\nB:")
+    assert ids[:len(query)] == query
+    assert ids[len(query)] == tok.encode(" no")[0]
+    assert tok.encode(" yes")[0] != tok.encode(" no")[0]
+
+
+def test_model_judge_never_runs_past_the_context():
+    # a tokenizer where ' yes' -> 4 tokens (' ', 'y', 'e', 's') and ' no' -> 1 token: the judge's precondition holds
+    judge_tok = Tokenizer.train("\n\n".join(world.base_corpus(2000, seed=0)) + " no" * 300, 400)
+    assert len(judge_tok.encode(" yes")) == 4 and judge_tok.encode(" yes")[0] != judge_tok.encode(" no")[0]
+    q, a, b, principle = "Hi?", "Yes.", "No.", "Be brief."
+    n = len(render_prompt(judge_tok, user(world.judge_prompt(principle, q, a, b))))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=n + 8, vocab_size=judge_tok.vocab_size)).eval()
+    w = gpt.lm_head.weight[judge_tok.encode(" yes")[0]].detach()
+    with torch.no_grad():  # make ' yes' the likelier verdict on A, so the judge appends the 4-token ' yes'
+        gpt.transformer.ln_f.bias += 20 * w / w.dot(w)
+    p = model_judge(gpt, judge_tok)([q], [a], [b], principle)             # fits by the judge's own test
+    assert len(p) == 1 and 0.0 <= p[0] <= 1.0
+
+
+# ----------------------------------------------------------------------------- the world's ground truth
+
+
+PARIS = {"answer": "Paris", "max_words": 8}
+
+
+@pytest.mark.parametrize("response, failed", [
+    ("The capital of France is Paris.", None),
+    ("? The capital of France is Paris.", "direct"),
+    ("The capital of France is Rome.", "correct"),
+    ("Paris or Rome", "correct"),                                          # another capital named
+    ("Sure! The capital of France is Paris. I hope this helps!", "concise"),  # 11 words > 8
+])
+def test_gold_checks_hand_worked(response, failed):
+    checks = world.gold_checks(PARIS, response)
+    assert checks == {k: int(k != failed) for k in ("direct", "correct", "format", "concise")}
+    assert world.gold_accepts(PARIS, response) == (failed is None)
+
+
+def test_gold_checks_format():
+    gold = {"answer": "Paris", "max_words": 3, "format": {"uppercase": True}}
+    assert world.gold_accepts(gold, "PARIS")
+    assert world.gold_checks(gold, "Paris") == {"direct": 1, "correct": 1, "format": 0, "concise": 1}
+
+
+def test_gold_prefers_order():
+    ranked = ["The capital of France is Paris.",                               # reference
+              "Sure! The capital of France is Paris. I hope this helps!",      # padded
+              "The capital of France is Rome.",                                # wrong
+              "? The capital of France is Paris."]                             # continuation
+    for i in range(len(ranked)):
+        assert world.gold_prefers(PARIS, ranked[i], ranked[i]) == 0
+        for j in range(i + 1, len(ranked)):
+            assert world.gold_prefers(PARIS, ranked[i], ranked[j]) == 1
+            assert world.gold_prefers(PARIS, ranked[j], ranked[i]) == -1
+
+
+def item_key(record):
+    """The item a preference record asks about, recovered from its user message."""
+    q = record["prompt"][-1]["content"]
+    if q.startswith("Write the word "):
+        return "upperword:" + q.split()[3]
+    country = q.rstrip("?.").rsplit(" of ", 1)[1]
+    assert country in dict(world.COUNTRIES), q
+    assert record["metadata"]["gold"]["answer"] == dict(world.COUNTRIES)[country]
+    return country
+
+
+def test_preference_records_split_strict_and_renderable(tok):
+    train = world.preference_records(300, "train", seed=0)
+    held_out = world.preference_records(150, "eval", seed=0, ranking_share=0.5)
+    train_keys, eval_keys = {item_key(r) for r in train}, {item_key(r) for r in held_out}
+    assert all(world.split_of(k) == "train" for k in train_keys)
+    assert all(world.split_of(k) == "eval" for k in eval_keys)
+    assert not train_keys & eval_keys
+    n_rankings = 0
+    for r in train + held_out:
+        gold = r["metadata"]["gold"]
+        if "ranking" in r:
+            n_rankings += 1
+            scores = [world.gold_score(gold, x[0]["content"]) for x in r["ranking"]]
+            assert all(hi > lo for hi, lo in zip(scores, scores[1:])), r   # strictly best first
+        else:
+            assert world.gold_prefers(gold, r["chosen"][0]["content"], r["rejected"][0]["content"]) == 1, r
+        pairs = preference_pairs(r, tok, max_len=256)
+        k = len(r.get("ranking", [0, 0]))
+        assert len(pairs) == k * (k - 1) // 2
+    assert n_rankings > 20
+    assert world.preference_records(50, "train", seed=0) == train[:50]     # deterministic

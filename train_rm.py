@@ -1,0 +1,135 @@
+"""
+Reward model from preferences (§7): the SFT model's body plus a scalar head read at the last token
+of prompt + response, trained with the Bradley-Terry loss on chosen/rejected pairs.
+
+    python train_rm.py                            # built-in pairs; bootstraps the SFT model if needed; ~2 min on 2 CPU cores
+    python train_rm.py --data my_prefs.jsonl --eval_data my_prefs_eval.jsonl
+    python train_rm.py --labels ai                # pairs sampled from the SFT model, labelled by the AI judge (§6)
+    python train_rl.py --algo grpo --reward rm:runs/rm/ckpt   # then use it as the RL reward (RLHF)
+
+Loss per pair (InstructGPT / Bradley-Terry):  -log σ(r_c - r_r - margin)  (+ c·(r_c + r_r)² with
+--center_rewards_coefficient c, which keeps rewards near 0). A ranking of K responses counts as its
+K(K-1)/2 pairs. Reports held-out pairwise accuracy (chance: 50%), the mean margin r_c - r_r, and
+the mean / std of the rewards on the training responses, which the checkpoint keeps so that RL
+can use the standardised reward (r - mean) / std.
+"""
+import dataclasses
+import os
+import sys
+import time
+
+import torch
+
+import train_sft
+from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
+from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
+from nanopost.losses import bradley_terry_loss
+from nanopost.model import ScalarModel
+from nanopost.nexttoken import NonFiniteLoss
+from nanopost.preferences import PreferenceConfig, last_token_rewards, pair_batch, preference_data, train_pairs
+
+
+@dataclasses.dataclass
+class RMConfig(PreferenceConfig):
+    out: str = flag("runs/rm", "output folder")
+    steps: int = flag(150, "optimiser steps")
+    batch_size: int = flag(32, "pairs per optimiser step", "optimisation")
+    micro_batch_size: int = flag(32, "pairs per forward pass (gradient accumulation)", "optimisation")
+    lr: float = flag(1e-4, "peak learning rate", "optimisation")
+    warmup: int = flag(10, "warm-up steps", "optimisation")
+    weight_decay: float = flag(0.0, "AdamW weight decay", "optimisation")
+    grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
+    center_rewards_coefficient: float = flag(0.0, "weight of (r_c + r_r)² (keeps rewards centred)", "optimisation")
+    use_margin: bool = flag(True, "subtract each record's 'margin' inside the loss", "optimisation")
+
+
+@torch.no_grad()
+def score_pairs(rm, pairs, pad_id, device, batch_size=64):
+    """-> (r_chosen (P,), r_rejected (P,))."""
+    chosen, rejected = [], []
+    for lo in range(0, len(pairs), batch_size):
+        chunk = pairs[lo:lo + batch_size]
+        batch = pair_batch(chunk, pad_id, device)
+        r = last_token_rewards(rm, batch["idx"], batch["lengths"]).float()
+        chosen.append(r[:len(chunk)])
+        rejected.append(r[len(chunk):])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def pairwise_report(rm, pairs, pad_id, device):
+    """Held-out pairwise accuracy (r_c > r_r), mean margin, and accuracy per kind of pair."""
+    r_c, r_r = score_pairs(rm, pairs, pad_id, device)
+    correct = (r_c > r_r).float()
+    by_kind = {}
+    for pair, ok in zip(pairs, correct.tolist()):
+        by_kind.setdefault(pair.kind or "all", []).append(ok)
+    return {"accuracy": float(correct.mean()), "mean_margin": float((r_c - r_r).mean()),
+            "accuracy_by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
+
+
+def main(argv=None):
+    cfg = parse_config(RMConfig, argv, description=__doc__.split("\n\n")[0])
+    t_start = time.time()
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    ckpt_path = os.path.join(cfg.out, "ckpt")
+
+    # model: the SFT body (or the checkpoint being resumed) and a zero-initialised scalar head
+    init = cfg.init or cached_checkpoint("sft", train_sft.main, cfg.device, cfg.seed)
+    state = load_checkpoint(ckpt_path if cfg.resume else init, device)
+    tok, max_len = state["tok"], state["model"].config.block_size
+    log = RunLog(cfg.out, cfg.steps, state["meta"]["step"] if cfg.resume else 0, stage="rm")
+
+    # data: built-in pairs, the user's file, or pairs sampled from the SFT model and labelled now
+    judge_model = load_checkpoint(cfg.judge, device)["model"] if cfg.judge else None
+    train, held_out, _, report = preference_data(cfg, state["model"], tok, max_len, log, judge_model)
+    log.info(f"{len(train)} training pairs ({report['train']['records']} records), {len(held_out)} held-out pairs, "
+             f"init {init}, device {device}")
+
+    rm = ScalarModel(state["model"]).to(device)
+    optimizer = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    start_step = 0
+    if cfg.resume:
+        rm.head.load_state_dict(state["extra"]["head"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        set_rng_state(state["rng"])
+        start_step = state["meta"]["step"]
+
+    def loss_fn(indices, n_total):
+        pairs = [train[i] for i in indices]
+        batch = pair_batch(pairs, tok.pad_id, device)
+        rewards = last_token_rewards(rm, batch["idx"], batch["lengths"]).float()  # (2P,)
+        r_c, r_r = rewards[:len(pairs)], rewards[len(pairs):]
+        losses = bradley_terry_loss(r_c, r_r, batch["margin"] if cfg.use_margin else None)
+        losses = losses + cfg.center_rewards_coefficient * (r_c + r_r) ** 2
+        return losses.sum() / n_total, {"accuracy": (r_c > r_r).sum(), "margin": (r_c - r_r).sum(),
+                                        "reward_chosen": r_c.sum(), "reward_rejected": r_r.sum()}
+
+    def save(step, stats=None):
+        extra = {"head": rm.head.state_dict(), **(stats or {"reward_mean": 0.0, "reward_std": 1.0})}
+        save_checkpoint(ckpt_path, rm.gpt, tok, step, dataclasses.asdict(cfg), "rm", optimizer, rng_state(), extra)
+
+    rm.train()
+    try:
+        train_pairs(list(rm.parameters()), optimizer, train, loss_fn, cfg, log, start_step, save)
+    except NonFiniteLoss as e:
+        log.info(str(e))
+        sys.exit(1)
+
+    # held-out ranking, and the reward statistics RL standardises with
+    rm.eval()
+    heldout = pairwise_report(rm, held_out, tok.pad_id, device)
+    r_c, r_r = score_pairs(rm, train[:2000], tok.pad_id, device)
+    rewards = torch.cat([r_c, r_r])
+    stats = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std().clamp(min=1e-6))}
+    save(cfg.steps, stats)
+    log.info(f"held-out pairwise accuracy {heldout['accuracy']:.3f} {heldout['accuracy_by_kind']}")
+    return log.finish({"stage": "rm", "steps": cfg.steps, "heldout_accuracy": heldout["accuracy"],
+                       "heldout_mean_margin": heldout["mean_margin"],
+                       "heldout_accuracy_by_kind": heldout["accuracy_by_kind"], "train_accuracy": float((r_c > r_r).float().mean()),
+                       **stats, "heldout_pairs": len(held_out), "data": report, "wall_s": time.time() - t_start,
+                       "ckpt": ckpt_path})
+
+
+if __name__ == "__main__":
+    main()
