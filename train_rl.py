@@ -367,6 +367,7 @@ def main(argv=None):
         preference rate next to the reward model's score of the same answers, so that reward
         hacking (RM score up, preference rate not) shows."""
         acc = {"all": None, "by_grader": {}, "by_family": {}}
+        policy.eval()
         if verifiable:
             acc, replies = verifiable_accuracy(policy, tok, verifiable, suites_dir, cfg.max_completion_length)
             log.info(f"held-out accuracy {tag}: {acc['all']:.3f} {acc['by_family']} e.g. {replies[0]!r}")

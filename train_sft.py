@@ -38,6 +38,10 @@ class SFTConfig(NextTokenConfig):
     eval_data: str = flag("", "held-out JSONL (default: the built-in held-out split)", "data")
     replay: float = flag(0.5, "mix in this many base-corpus documents per SFT conversation (keeps pretraining knowledge)", "data")
     eval_per_family: int = flag(40, "built-in held-out prompts per task family", "data")
+    padding: float = flag(0.0, "built-in data: rate of filler-padded capital/uppercase answers (the defect that "
+                               "preference training removes, §7)", "data")
+    judge_share: float = flag(0.0, "built-in data: judging conversations per conversation (teaches the AI judge, §6)",
+                              "data")
     lr: float = flag(3e-4, "peak learning rate", "optimisation")
 
 
@@ -58,7 +62,7 @@ def main(argv=None):
     # data: the user's file, or the built-in world written out so it can be read and edited
     data_path = cfg.data or os.path.join(cfg.out, "sft.jsonl")
     if not cfg.data:
-        write_jsonl(data_path, world.sft_records(cfg.n_train, cfg.seed))
+        write_jsonl(data_path, world.sft_records(cfg.n_train, cfg.seed, padding=cfg.padding, judge=cfg.judge_share))
     examples, report = load_sft(data_path, tok, max_len=row_len + 1, skip_bad=cfg.skip_bad)
     if cfg.replay > 0:
         examples += train_base.corpus_examples(world.base_corpus(int(cfg.replay * len(examples)), cfg.seed + 1), tok, row_len)

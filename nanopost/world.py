@@ -242,18 +242,20 @@ def conversation(tasks, rng, system_prob=0.3):
     return {"messages": messages, "family": tasks[-1].family}
 
 
-def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.5, padding=0.4, judge=0.2):
+def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.5, padding=0.0, judge=0.0):
     """Training conversations: single-turn, or two tasks in one conversation (multi_turn share).
     Families with a known plausible wrong label (roots in factor order, off-by-one code) carry it
     at rate label_noise: the §3 defects that SFT faithfully learns and RL must correct. Capital
     and uppercase answers are wrapped in filler at rate `padding` (the defect preference training
-    removes), and judge * n judging conversations teach the built-in AI judge (§6 RLAIF)."""
+    removes), and judge * n judging conversations teach the built-in AI judge (§6 RLAIF). Both are
+    off by default: the default SFT model is the one the RL stage starts from."""
     rng = random.Random(seed)
     tasks = sample_tasks(2 * n, "train", seed)  # enough even if every conversation had two turns
     tasks = [dataclasses.replace(t, answer=t.noisy_answer) if t.noisy_answer and rng.random() < label_noise else t
              for t in tasks]
     tasks = [dataclasses.replace(t, answer=pad_answer(t.answer, rng))
-             if (t.family == "facts" or t.metadata.get("format", {}).get("uppercase")) and rng.random() < padding
+             if padding > 0 and (t.family == "facts" or t.metadata.get("format", {}).get("uppercase"))
+             and rng.random() < padding
              else t for t in tasks]
     records, i = [], 0
     while len(records) < n:
@@ -261,6 +263,8 @@ def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.5, padding=0.4, judge=
         records.append(conversation(tasks[i:i + k], rng))
         i += k
     judging = judge_records(int(judge * n), seed)
+    if not judging:
+        return records
     return [records[i] if i < n else judging[i - n] for i in random.Random(seed + 1).sample(range(n + len(judging)),
                                                                                             n + len(judging))]
 
@@ -616,13 +620,14 @@ def main():
     p.add_argument("--sft", type=int, default=8000, help="number of SFT training conversations")
     p.add_argument("--rl", type=int, default=4000, help="number of RL training prompts")
     p.add_argument("--label_noise", type=float, default=0.5, help="rate of the known wrong labels in SFT data")
-    p.add_argument("--padding", type=float, default=0.4, help="rate of filler-padded answers in SFT data")
+    p.add_argument("--padding", type=float, default=0.0, help="rate of filler-padded answers in SFT data")
+    p.add_argument("--judge", type=float, default=0.0, help="judging conversations per SFT conversation")
     p.add_argument("--prefs", type=int, default=4000, help="number of preference training records")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "corpus.txt"), "w") as f:
         f.write("\n\n".join(base_corpus(seed=args.seed)))
-    write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records(args.sft, args.seed, label_noise=args.label_noise, padding=args.padding))
+    write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records(args.sft, args.seed, label_noise=args.label_noise, padding=args.padding, judge=args.judge))
     write_jsonl(os.path.join(args.out, "sft_eval.jsonl"), eval_records(seed=args.seed))
     suites = os.path.join(args.out, "suites")
     write_jsonl(os.path.join(args.out, "rl.jsonl"), rl_records(args.rl, "train", args.seed, suites))
