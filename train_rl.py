@@ -39,7 +39,7 @@ import time
 import torch
 
 import train_sft
-from nanopost import world
+from nanopost import preference_world, world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunConfig, RunLog, autocast, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records
@@ -329,7 +329,7 @@ def main(argv=None):
         suites_dir = cfg.suites_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.data)), "suites")
     elif rm_path and not use_graders:  # RLHF on the built-in preference questions (the RM's domain)
         suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
-        train_records = world.preference_prompts("train", cfg.seed, cfg.n_prompts)
+        train_records = preference_world.preference_prompts("train", cfg.seed, cfg.n_prompts)
         report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
     else:
         suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
@@ -341,7 +341,7 @@ def main(argv=None):
     elif cfg.data:
         eval_records = []
     elif rm_path and not use_graders:
-        eval_records = world.preference_prompts("eval")
+        eval_records = preference_world.preference_prompts("eval")
     else:
         eval_records = world.rl_records(cfg.eval_prompts, "eval", cfg.seed, suites_dir, families)
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()

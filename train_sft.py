@@ -20,7 +20,7 @@ import time
 import torch
 
 import train_base
-from nanopost import world
+from nanopost import preference_world, world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_sft, read_jsonl, write_jsonl
@@ -62,7 +62,8 @@ def main(argv=None):
     # data: the user's file, or the built-in world written out so it can be read and edited
     data_path = cfg.data or os.path.join(cfg.out, "sft.jsonl")
     if not cfg.data:
-        write_jsonl(data_path, world.sft_records(cfg.n_train, cfg.seed, padding=cfg.padding, judge=cfg.judge_share))
+        write_jsonl(data_path, preference_world.with_judging(world.sft_records(cfg.n_train, cfg.seed, padding=cfg.padding),
+                                                               cfg.judge_share, cfg.seed))
     examples, report = load_sft(data_path, tok, max_len=row_len + 1, skip_bad=cfg.skip_bad)
     if cfg.replay > 0:
         examples += train_base.corpus_examples(world.base_corpus(int(cfg.replay * len(examples)), cfg.seed + 1), tok, row_len)

@@ -10,7 +10,7 @@ response that ..."; default weight 1; blank lines and lines starting with # are 
 
 A judge is any callable judge(questions, responses_a, responses_b, principle) -> [P(A is better)]
 with values in [0, 1] (0.5: no preference): a rule, a bigger model, an API. The built-in judge is
-a nanopost model asked in world.judge_prompt's format, which the built-in SFT mix teaches: it first
+a nanopost model asked in preference_world.judge_prompt's format, which the built-in SFT mix teaches: it first
 says of each response whether it follows the principle ("A: yes", "B: no"), then which is better.
 Its probabilities p_A, p_B of " yes" (against " no") give
     P(A better) = p_A (1 - p_B) + ½ [p_A p_B + (1 - p_A)(1 - p_B)] = ½ + ½ (p_A - p_B).
@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from nanopost import world
+from nanopost import preference_world
 from nanopost.evaluate import chat_complete
 from nanopost.tokenizer import render_prompt
 
@@ -34,7 +34,7 @@ from nanopost.tokenizer import render_prompt
 def load_constitution(path=None):
     """-> [(weight, principle)]; the built-in constitution when path is empty. Bad lines raise
     ValueError naming the file and line."""
-    text = open(path, encoding="utf-8").read() if path else world.CONSTITUTION
+    text = open(path, encoding="utf-8").read() if path else preference_world.CONSTITUTION
     where = path or "<built-in constitution>"
     principles = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -82,11 +82,11 @@ def model_judge(model, tok, batch_size=64):
         return out
 
     def judge(questions, responses_a, responses_b, principle):
-        prompts = [render_prompt(tok, [{"role": "user", "content": world.judge_prompt(principle, q, a, b)}])
+        prompts = [render_prompt(tok, [{"role": "user", "content": preference_world.judge_prompt(principle, q, a, b)}])
                    for q, a, b in zip(questions, responses_a, responses_b)]
         fits = [i for i, p in enumerate(prompts) if len(p) + appended <= block]
         out = [0.5] * len(prompts)  # a comparison too long for the context gets no opinion
-        # the verdict on A, then on B after the judge's own (likelier) verdict on A: world.judge_verdict
+        # the verdict on A, then on B after the judge's own (likelier) verdict on A: preference_world.judge_verdict
         seq_a = [prompts[i] + tok.encode("A:") for i in fits]
         pa = p_yes(seq_a)
         pb = p_yes([s + tok.encode(" yes" if p > 0.5 else " no") + tok.encode("\nB:") for s, p in zip(seq_a, pa)])
@@ -119,7 +119,7 @@ def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
     answers = chat_complete(policy, tok, conversations, 32, temperature=cfg.label_temperature, generator=generator)
     pairs = [(r, answers[2 * i], answers[2 * i + 1]) for i, r in enumerate(prompts)
              if answers[2 * i].strip() != answers[2 * i + 1].strip()]
-    gold = [world.gold_prefers(r["metadata"]["gold"], a, b) if "gold" in r.get("metadata", {}) else 0
+    gold = [preference_world.gold_prefers(r["metadata"]["gold"], a, b) if "gold" in r.get("metadata", {}) else 0
             for r, a, b in pairs]
     if cfg.labels == "ai":
         judge = judge or model_judge(judge_model if judge_model is not None else policy, tok)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanopost import world
+from nanopost import preference_world
 from nanopost.checkpoint import load_checkpoint
 from nanopost.common import RunConfig, flag
 from nanopost.data import load_records, read_jsonl, write_jsonl
@@ -181,10 +181,10 @@ def preference_rate(model, tok, records, max_new_tokens=32):
     world's ground truth accepts (direct, correct, in the requested format, concise), with each
     criterion's rate and the mean answer length in words. records: {"prompt", "metadata": {"gold"}}."""
     replies = chat_complete(model, tok, [r["prompt"] for r in records], max_new_tokens)
-    checks = [world.gold_checks(r["metadata"]["gold"], reply) for r, reply in zip(records, replies)]
+    checks = [preference_world.gold_checks(r["metadata"]["gold"], reply) for r, reply in zip(records, replies)]
     n = max(len(records), 1)
     out = {"rate": sum(all(c.values()) for c in checks) / n}
-    for name in world.GOLD_WEIGHTS:
+    for name in preference_world.GOLD_WEIGHTS:
         out[name] = sum(c[name] for c in checks) / n
     out["words"] = sum(len(r.split()) for r in replies) / n
     return out, replies
@@ -219,12 +219,12 @@ def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
     if cfg.labels == "builtin":
         path = cfg.data or os.path.join(cfg.out, "prefs.jsonl")
         if not cfg.data:
-            write_jsonl(path, world.preference_records(cfg.n_pairs, "train", cfg.seed))
+            write_jsonl(path, preference_world.preference_records(cfg.n_pairs, "train", cfg.seed))
     elif cfg.resume and os.path.exists(os.path.join(cfg.out, "labels.jsonl")):
         path = os.path.join(cfg.out, "labels.jsonl")  # a resumed run trains on the labels it started with
     else:
         path = os.path.join(cfg.out, "labels.jsonl")
-        prompts = world.preference_prompts("train", cfg.seed, cfg.label_prompts)
+        prompts = preference_world.preference_prompts("train", cfg.seed, cfg.label_prompts)
         records, report["labelling"] = label_pairs(policy, tok, prompts, cfg, judge_model)
         write_jsonl(path, records)
         log.info(f"{cfg.labels} labels: {report['labelling']}")
@@ -237,9 +237,9 @@ def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
                 eval_prompts.setdefault(repr(r["prompt"]), {"prompt": r["prompt"], "metadata": r["metadata"]})
         eval_prompts = list(eval_prompts.values())
     else:
-        records = world.preference_records(400, "eval", cfg.seed, ranking_share=0)
+        records = preference_world.preference_records(400, "eval", cfg.seed, ranking_share=0)
         held_out = [p for r in records for p in preference_pairs(r, tok, max_len)]
-        eval_prompts = world.preference_prompts("eval")
+        eval_prompts = preference_world.preference_prompts("eval")
     return train, held_out, eval_prompts, report
 
 

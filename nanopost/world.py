@@ -7,8 +7,7 @@ can swap in their own files:
   SFT               {"messages": [...], "family": ...}                      (§3)
   held-out eval     {"messages": [...], "family": ..., "metadata": {...}}   (§3, §10)
   RL prompts        {"prompt": [...], "metadata": {"scorer": ..., ...}}     (§8)
-  preferences       {"prompt": [...], "chosen": [...], "rejected": [...]}    (§7), or a best-first
-                    "ranking" of 3-4 responses; "metadata": {"gold": ...} holds the ground truth
+  preferences       {"prompt": [...], "chosen": [...], "rejected": [...]}    (§7): preference_world.py
 
 A *task* is one (prompt, answer) item of a family. Every task has a `key` naming the item it
 asks about (a country, an arithmetic expression, a function); the key's hash decides its
@@ -21,7 +20,7 @@ the web would): SFT teaches the answering format, not the facts (§1, §2).
     # prefs.jsonl, prefs_eval.jsonl and constitution.txt
 
 Preferences are real and checkable (§7): the world knows what a good answer to each of its
-questions is (gold_checks: direct, correct, in the requested format, concise), so a reward model,
+questions is (preference_world.gold_checks: direct, correct, in the requested format, concise), so a reward model,
 DPO, RLHF or an AI judge can be scored against that ground truth. The SFT data carries the
 matching defect (§3): annotators pad some answers with filler ("Sure! ... I hope this helps!"),
 which SFT learns and preference training must remove.
@@ -32,12 +31,10 @@ import hashlib
 import json
 import os
 import random
-import re
 from dataclasses import dataclass, field
 
 from nanopost.data import write_jsonl
-from nanopost.evaluate import is_direct_answer, normalize
-from nanopost.graders import format_grader, make_suite  # the graders own the suite file format
+from nanopost.graders import make_suite  # the graders own the suite file format
 
 COUNTRIES = [
     ("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
@@ -242,13 +239,13 @@ def conversation(tasks, rng, system_prob=0.3):
     return {"messages": messages, "family": tasks[-1].family}
 
 
-def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.5, padding=0.0, judge=0.0):
+def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.5, padding=0.0):
     """Training conversations: single-turn, or two tasks in one conversation (multi_turn share).
     Families with a known plausible wrong label (roots in factor order, off-by-one code) carry it
     at rate label_noise: the §3 defects that SFT faithfully learns and RL must correct. Capital
     and uppercase answers are wrapped in filler at rate `padding` (the defect preference training
-    removes), and judge * n judging conversations teach the built-in AI judge (§6 RLAIF). Both are
-    off by default: the default SFT model is the one the RL stage starts from."""
+    removes); off by default: the default SFT model is the one the RL stage starts from. The
+    judging conversations of the AI judge are in preference_world.judge_records."""
     rng = random.Random(seed)
     tasks = sample_tasks(2 * n, "train", seed)  # enough even if every conversation had two turns
     tasks = [dataclasses.replace(t, answer=t.noisy_answer) if t.noisy_answer and rng.random() < label_noise else t
@@ -262,11 +259,7 @@ def sft_records(n, seed=0, multi_turn=0.15, label_noise=0.5, padding=0.0, judge=
         k = 2 if rng.random() < multi_turn else 1
         records.append(conversation(tasks[i:i + k], rng))
         i += k
-    judging = judge_records(int(judge * n), seed)
-    if not judging:
-        return records
-    return [records[i] if i < n else judging[i - n] for i in random.Random(seed + 1).sample(range(n + len(judging)),
-                                                                                            n + len(judging))]
+    return records
 
 
 def eval_records(n_per_family=40, seed=0, families=SFT_FAMILIES):
@@ -315,240 +308,16 @@ def direct_answer_prompts(split="eval"):
 
 
 # ----------------------------------------------------------------------------------------------
-# preferences (§7): questions whose good answer the world knows, so every preference is checkable
+# the filler that §3's verbose annotators add (SFT's padding defect; preference data rejects it)
 
 FILLER = [("Sure! ", " I hope this helps!"), ("Great question. ", " Let me know if you need anything else."),
           ("Of course. ", " Is there anything else I can help with?"), ("Happy to help. ", " Have a nice day!")]
-CAPITALS = sorted({normalize(capital) for _, capital in COUNTRIES})
-GOLD_WEIGHTS = {"direct": 8, "correct": 4, "format": 2, "concise": 1}  # lexicographic: earlier matters more
 
 
 def pad_answer(answer, rng):
     """§3's verbose annotator: the same answer wrapped in filler."""
     opener, closer = rng.choice(FILLER)
     return opener + answer + closer
-
-
-def _mentions(text, phrase):
-    return re.search(r"(?<![a-z])" + re.escape(phrase) + r"(?![a-z])", text) is not None
-
-
-def gold_checks(gold, response):
-    """The ground truth of a preference question, criterion by criterion (1 = met):
-      direct   it answers instead of continuing the question (§1)
-      correct  it names the answer, and no other capital
-      format   it follows the requested format (met when none was requested)
-      concise  at most gold["max_words"] words (the reference's length plus two): no filler
-    gold = {"answer": str, "max_words": int, "format": {format_grader spec}, optional}."""
-    text = normalize(response)
-    answer = normalize(gold["answer"])
-    correct = _mentions(text, answer) and not any(_mentions(text, c) for c in CAPITALS if c != answer)
-    return {"direct": int(is_direct_answer(response)), "correct": int(correct),
-            "format": int(format_grader(response, gold["format"]) >= 1.0) if gold.get("format") else 1,
-            "concise": int(len(response.split()) <= gold["max_words"])}
-
-
-def gold_score(gold, response):
-    """Σ GOLD_WEIGHTS · checks: a lexicographic order (a direct answer beats any continuation, then
-    correctness, format, concision)."""
-    return sum(GOLD_WEIGHTS[k] * v for k, v in gold_checks(gold, response).items())
-
-
-def gold_accepts(gold, response):
-    """The ground-truth preference: the response meets every criterion (it is the kind of answer
-    the preference data marks as chosen)."""
-    return all(gold_checks(gold, response).values())
-
-
-def gold_prefers(gold, a, b):
-    """+1 if the ground truth prefers a to b, -1 if b, 0 if it has no preference."""
-    sa, sb = gold_score(gold, a), gold_score(gold, b)
-    return (sa > sb) - (sa < sb)
-
-
-@dataclass
-class Question:
-    kind: str       # fact | upper_capital | upper_word
-    key: str        # decides the split, as for the SFT tasks about the same item
-    prompt: str
-    reference: str  # the ideal answer
-    gold: dict
-
-
-def preference_question(rng):
-    country, capital = rng.choice(COUNTRIES)
-    kind = rng.choice(["fact", "fact", "upper_capital", "upper_word"])
-    if kind == "fact":
-        q = Question(kind, country, rng.choice(FACT_QUESTIONS).format(c=country),
-                     f"The capital of {country} is {capital}.", {"answer": capital})
-    elif kind == "upper_capital":
-        q = Question(kind, country, f"Reply in uppercase: what is the capital of {country}?", capital.upper(),
-                     {"answer": capital, "format": {"uppercase": True}})
-    else:
-        word = rng.choice(WORDS)
-        q = Question(kind, f"upperword:{word}", f"Write the word {word} in uppercase.", word.upper(),
-                     {"answer": word, "format": {"uppercase": True, "max_words": 1}})
-    q.gold["max_words"] = len(q.reference.split()) + 2
-    return q
-
-
-def _wrong(q, rng):
-    """The reference with the answer swapped for another of its kind."""
-    if q.kind == "upper_word":
-        return rng.choice([w for w in WORDS if w != q.gold["answer"]]).upper()
-    other = rng.choice([c for _, c in COUNTRIES if c != q.gold["answer"]])
-    return q.reference.replace(q.gold["answer"].upper() if q.kind == "upper_capital" else q.gold["answer"],
-                               other.upper() if q.kind == "upper_capital" else other)
-
-
-def _unformatted(q):
-    return q.gold["answer"] if q.kind == "upper_word" else q.gold["answer"].title()
-
-
-def _continuation(q, rng):
-    """What web text does with a question (§1): carry it on instead of answering."""
-    other = rng.choice(COUNTRIES)[0]
-    return rng.choice([f"? {q.reference}", f"? What is the capital city of {other}?",
-                       f"? Write your answers below.", f"and the capital of {other}?"])
-
-
-def random_response(q, rng):
-    """A response with each defect at random: wrong, unformatted, padded, or a continuation."""
-    if rng.random() < 0.15:
-        return _continuation(q, rng)
-    text = _wrong(q, rng) if rng.random() < 0.3 else q.reference
-    if q.gold.get("format") and rng.random() < 0.3 and text == q.reference:
-        text = _unformatted(q)
-    return pad_answer(text, rng) if rng.random() < 0.4 else text
-
-
-def _assistant(text):
-    return [{"role": "assistant", "content": text}]
-
-
-def _pref_prompt(q, rng, system_prob=0.3):
-    system = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < system_prob else []
-    return system + [{"role": "user", "content": q.prompt}]
-
-
-def preference_pair(q, rng):
-    """(kind, chosen, rejected): one defect at a time, as in the issue's four kinds of preference."""
-    kinds = ["direct", "correct", "concise"] + (["format"] if q.gold.get("format") else [])
-    kind = rng.choice(kinds)
-    if kind == "direct":
-        return kind, q.reference, _continuation(q, rng)
-    if kind == "format":
-        return kind, q.reference, _unformatted(q)
-    if kind == "concise":
-        return kind, q.reference, pad_answer(q.reference, rng)
-    chosen, rejected = q.reference, _wrong(q, rng)
-    if rng.random() < 0.3:  # correctness matters even inside filler
-        filler = rng.choice(FILLER)
-        chosen, rejected = filler[0] + chosen + filler[1], filler[0] + rejected + filler[1]
-    return kind, chosen, rejected
-
-
-def preference_records(n, split, seed=0, ranking_share=0.2):
-    """§7 records about items of one split: pairs ({"prompt", "chosen", "rejected"}) and, at rate
-    ranking_share, best-first rankings of 3-4 responses ({"prompt", "ranking"}, InstructGPT).
-    metadata.gold is the ground truth; metadata.kind names the defect of the rejected response."""
-    rng = random.Random(f"{seed}|prefs|{split}")
-    records, seen, tries = [], set(), 0
-    while len(records) < n and tries < 200 * n:
-        tries += 1
-        q = preference_question(rng)
-        if split_of(q.key) != split:
-            continue
-        meta = {"gold": q.gold}
-        if rng.random() < ranking_share:
-            candidates = [q.reference, pad_answer(q.reference, rng), _wrong(q, rng), _continuation(q, rng)]
-            ranking = sorted(rng.sample(candidates, rng.choice([3, 4])), key=lambda r: -gold_score(q.gold, r))
-            if len({gold_score(q.gold, r) for r in ranking}) < len(ranking):
-                continue  # a ranking must be strict
-            record = {"prompt": _pref_prompt(q, rng), "ranking": [_assistant(r) for r in ranking],
-                      "metadata": {**meta, "kind": "ranking"}}
-        else:
-            kind, chosen, rejected = preference_pair(q, rng)
-            record = {"prompt": _pref_prompt(q, rng), "chosen": _assistant(chosen), "rejected": _assistant(rejected),
-                      "metadata": {**meta, "kind": kind}}
-        key = json.dumps(record, sort_keys=True)
-        if split == "eval" and key in seen:
-            continue
-        seen.add(key)
-        records.append(record)
-    return records
-
-
-def preference_prompts(split="eval", seed=0, n=None):
-    """Questions for measuring (split='eval': every held-out question once) or for RLHF training
-    (n questions drawn at random): {"prompt", "metadata": {"gold": ...}, "family": kind}."""
-    if n is None:
-        questions = []
-        for country, capital in COUNTRIES:
-            if split_of(country) == split:
-                for phrasing in FACT_QUESTIONS + ["Reply in uppercase: what is the capital of {c}?"]:
-                    upper = phrasing.startswith("Reply")
-                    q = Question("upper_capital" if upper else "fact", country, phrasing.format(c=country),
-                                 capital.upper() if upper else f"The capital of {country} is {capital}.",
-                                 {"answer": capital, **({"format": {"uppercase": True}} if upper else {})})
-                    q.gold["max_words"] = len(q.reference.split()) + 2
-                    questions.append(q)
-        for word in WORDS:
-            if split_of(f"upperword:{word}") == split:
-                questions.append(Question("upper_word", f"upperword:{word}", f"Write the word {word} in uppercase.",
-                                          word.upper(), {"answer": word, "format": {"uppercase": True, "max_words": 1},
-                                                         "max_words": 3}))
-        return [{"prompt": [{"role": "user", "content": q.prompt}], "metadata": {"gold": q.gold}, "family": q.kind}
-                for q in questions]
-    rng = random.Random(f"{seed}|prefprompts|{split}")
-    out = []
-    while len(out) < n:
-        q = preference_question(rng)
-        if split_of(q.key) == split:
-            out.append({"prompt": _pref_prompt(q, rng), "metadata": {"gold": q.gold}, "family": q.kind})
-    return out
-
-
-# the constitution (§6, Constitutional AI): one principle per criterion of the ground truth, with
-# the weight the built-in judge gives it ("weight | principle" lines; see nanopost/judge.py)
-PRINCIPLES = {"direct": "Prefer the response that answers the question instead of continuing it.",
-              "correct": "Prefer the response whose answer is correct.",
-              "format": "Prefer the response that follows the format the user asked for.",
-              "concise": "Prefer the concise response, without filler."}
-CONSTITUTION = "".join(f"{GOLD_WEIGHTS[k]} | {text}\n" for k, text in PRINCIPLES.items())
-
-
-def judge_prompt(principle, question, response_a, response_b):
-    """The judging format the built-in judge is taught (SFT) and asked in (RLAIF)."""
-    return (f"Principle: {principle}\nQuestion: {question}\nResponse A: {response_a}\nResponse B: {response_b}\n"
-            f"Does each response follow the principle, and which is better?")
-
-
-def judge_verdict(a_follows, b_follows):
-    """The judge's answer: a verdict on each response, then the comparison they imply. Judging
-    each response first is what makes the task learnable for a small model: one response at a
-    time is a local check; the comparison follows from the two verdicts."""
-    better = "A" if a_follows > b_follows else "B" if b_follows > a_follows else "Tie"
-    return f"A: {'yes' if a_follows else 'no'}\nB: {'yes' if b_follows else 'no'}\nBetter: {better}"
-
-
-def judge_records(n, seed=0):
-    """SFT conversations that teach judging: two responses to a training question, one principle,
-    the verdicts of that principle's ground-truth criterion (judge_verdict)."""
-    rng = random.Random(f"{seed}|judge")
-    records = []
-    while len(records) < n:
-        q = preference_question(rng)
-        a, b = random_response(q, rng), random_response(q, rng)
-        if split_of(q.key) != "train" or a == b:
-            continue
-        ca, cb = gold_checks(q.gold, a), gold_checks(q.gold, b)
-        separating = [k for k in PRINCIPLES if ca[k] != cb[k]]
-        name = rng.choice(separating) if separating and rng.random() < 0.7 else rng.choice(sorted(PRINCIPLES))
-        records.append({"messages": [{"role": "user", "content": judge_prompt(PRINCIPLES[name], q.prompt, a, b)},
-                                     {"role": "assistant", "content": judge_verdict(ca[name], cb[name])}],
-                        "family": "judge"})
-    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -614,6 +383,7 @@ def base_corpus(n_docs=20000, seed=0):
 
 
 def main():
+    from nanopost import preference_world as pw  # imported here: it builds on this module
     p = argparse.ArgumentParser(description="Write the built-in data world to files.")
     p.add_argument("--out", default="data", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -627,15 +397,16 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "corpus.txt"), "w") as f:
         f.write("\n\n".join(base_corpus(seed=args.seed)))
-    write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records(args.sft, args.seed, label_noise=args.label_noise, padding=args.padding, judge=args.judge))
+    sft = sft_records(args.sft, args.seed, label_noise=args.label_noise, padding=args.padding)
+    write_jsonl(os.path.join(args.out, "sft.jsonl"), pw.with_judging(sft, args.judge, args.seed))
     write_jsonl(os.path.join(args.out, "sft_eval.jsonl"), eval_records(seed=args.seed))
     suites = os.path.join(args.out, "suites")
     write_jsonl(os.path.join(args.out, "rl.jsonl"), rl_records(args.rl, "train", args.seed, suites))
     write_jsonl(os.path.join(args.out, "rl_eval.jsonl"), rl_records(200, "eval", args.seed, suites))
-    write_jsonl(os.path.join(args.out, "prefs.jsonl"), preference_records(args.prefs, "train", args.seed))
-    write_jsonl(os.path.join(args.out, "prefs_eval.jsonl"), preference_records(400, "eval", args.seed, ranking_share=0))
+    write_jsonl(os.path.join(args.out, "prefs.jsonl"), pw.preference_records(args.prefs, "train", args.seed))
+    write_jsonl(os.path.join(args.out, "prefs_eval.jsonl"), pw.preference_records(400, "eval", args.seed, ranking_share=0))
     with open(os.path.join(args.out, "constitution.txt"), "w") as f:
-        f.write(CONSTITUTION)
+        f.write(pw.CONSTITUTION)
     print(json.dumps({"out": args.out, "files": sorted(os.listdir(args.out))}))
 
 

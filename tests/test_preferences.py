@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nanopost import world
+from nanopost import preference_world, world
 from nanopost.data import DataError, write_jsonl
 from nanopost.judge import judge_preference, load_constitution, model_judge
 from nanopost.losses import DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss, dpo_rewards
@@ -397,7 +397,7 @@ def test_judge_indifferent_principle_adds_nothing():
 def test_builtin_constitution():
     c = load_constitution()
     assert [w for w, _ in c] == [8, 4, 2, 1]
-    assert [text for _, text in c] == list(world.PRINCIPLES.values())
+    assert [text for _, text in c] == list(preference_world.PRINCIPLES.values())
 
 
 def test_constitution_file(tmp_path):
@@ -436,7 +436,7 @@ def reference_judge(model, tok, question, a, b, principle):
             logits = model(torch.tensor([ids]))[0, -1].double()              # (V,)
         return torch.softmax(logits[[yes, no]], dim=0)[0].item()
 
-    seq = render_prompt(tok, user(world.judge_prompt(principle, question, a, b))) + tok.encode("A:")
+    seq = render_prompt(tok, user(preference_world.judge_prompt(principle, question, a, b))) + tok.encode("A:")
     pa = p_yes(seq)
     pb = p_yes(seq + tok.encode(" yes" if pa > 0.5 else " no") + tok.encode("\nB:"))
     return 0.5 + 0.5 * (pa - pb)
@@ -449,7 +449,7 @@ def test_model_judge_probabilities_and_context_limit(tok, model):
     b = ["No.", "Quito, I think.", "No.", "Rome."]
     p = judge(questions, a, b, "Be brief.")
     assert len(p) == 4 and all(0.0 <= x <= 1.0 for x in p)
-    assert len(render_prompt(tok, user(world.judge_prompt("Be brief.", questions[3], a[3], b[3])))) > BLOCK
+    assert len(render_prompt(tok, user(preference_world.judge_prompt("Be brief.", questions[3], a[3], b[3])))) > BLOCK
     assert p[3] == 0.5                                                     # too long for block_size: no opinion
     for i in range(3):                                                     # the three that fit
         assert abs(p[i] - reference_judge(model, tok, questions[i], a[i], b[i], "Be brief.")) < 1e-5
@@ -458,10 +458,10 @@ def test_model_judge_probabilities_and_context_limit(tok, model):
 
 def test_model_judge_asks_in_the_format_sft_teaches(tok):
     """The judge's query (prompt, 'A:', verdict, '\nB:') is a prefix of the rendered SFT judging
-    conversation (world.judge_records), token for token, so it reads the verdict tokens SFT trained."""
+    conversation (preference_world.judge_records), token for token, so it reads the verdict tokens SFT trained."""
     from nanopost.tokenizer import render_conversation
-    content = world.judge_prompt("Be brief.", "Hi?", "Yes.", "No.")
-    ids, _ = render_conversation(tok, user(content) + assistant(world.judge_verdict(1, 0)))
+    content = preference_world.judge_prompt("Be brief.", "Hi?", "Yes.", "No.")
+    ids, _ = render_conversation(tok, user(content) + assistant(preference_world.judge_verdict(1, 0)))
     query = render_prompt(tok, user(content)) + tok.encode("A:") + tok.encode(" yes") + tok.encode("\nB:")
     assert ids[:len(query)] == query
     assert ids[len(query)] == tok.encode(" no")[0]
@@ -473,7 +473,7 @@ def test_model_judge_never_runs_past_the_context():
     judge_tok = Tokenizer.train("\n\n".join(world.base_corpus(2000, seed=0)) + " no" * 300, 400)
     assert len(judge_tok.encode(" yes")) == 4 and judge_tok.encode(" yes")[0] != judge_tok.encode(" no")[0]
     q, a, b, principle = "Hi?", "Yes.", "No.", "Be brief."
-    n = len(render_prompt(judge_tok, user(world.judge_prompt(principle, q, a, b))))
+    n = len(render_prompt(judge_tok, user(preference_world.judge_prompt(principle, q, a, b))))
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=n + 8, vocab_size=judge_tok.vocab_size)).eval()
     w = gpt.lm_head.weight[judge_tok.encode(" yes")[0]].detach()
@@ -497,15 +497,15 @@ PARIS = {"answer": "Paris", "max_words": 8}
     ("Sure! The capital of France is Paris. I hope this helps!", "concise"),  # 11 words > 8
 ])
 def test_gold_checks_hand_worked(response, failed):
-    checks = world.gold_checks(PARIS, response)
+    checks = preference_world.gold_checks(PARIS, response)
     assert checks == {k: int(k != failed) for k in ("direct", "correct", "format", "concise")}
-    assert world.gold_accepts(PARIS, response) == (failed is None)
+    assert preference_world.gold_accepts(PARIS, response) == (failed is None)
 
 
 def test_gold_checks_format():
     gold = {"answer": "Paris", "max_words": 3, "format": {"uppercase": True}}
-    assert world.gold_accepts(gold, "PARIS")
-    assert world.gold_checks(gold, "Paris") == {"direct": 1, "correct": 1, "format": 0, "concise": 1}
+    assert preference_world.gold_accepts(gold, "PARIS")
+    assert preference_world.gold_checks(gold, "Paris") == {"direct": 1, "correct": 1, "format": 0, "concise": 1}
 
 
 def test_gold_prefers_order():
@@ -514,10 +514,10 @@ def test_gold_prefers_order():
               "The capital of France is Rome.",                                # wrong
               "? The capital of France is Paris."]                             # continuation
     for i in range(len(ranked)):
-        assert world.gold_prefers(PARIS, ranked[i], ranked[i]) == 0
+        assert preference_world.gold_prefers(PARIS, ranked[i], ranked[i]) == 0
         for j in range(i + 1, len(ranked)):
-            assert world.gold_prefers(PARIS, ranked[i], ranked[j]) == 1
-            assert world.gold_prefers(PARIS, ranked[j], ranked[i]) == -1
+            assert preference_world.gold_prefers(PARIS, ranked[i], ranked[j]) == 1
+            assert preference_world.gold_prefers(PARIS, ranked[j], ranked[i]) == -1
 
 
 def item_key(record):
@@ -532,8 +532,8 @@ def item_key(record):
 
 
 def test_preference_records_split_strict_and_renderable(tok):
-    train = world.preference_records(300, "train", seed=0)
-    held_out = world.preference_records(150, "eval", seed=0, ranking_share=0.5)
+    train = preference_world.preference_records(300, "train", seed=0)
+    held_out = preference_world.preference_records(150, "eval", seed=0, ranking_share=0.5)
     train_keys, eval_keys = {item_key(r) for r in train}, {item_key(r) for r in held_out}
     assert all(world.split_of(k) == "train" for k in train_keys)
     assert all(world.split_of(k) == "eval" for k in eval_keys)
@@ -543,12 +543,12 @@ def test_preference_records_split_strict_and_renderable(tok):
         gold = r["metadata"]["gold"]
         if "ranking" in r:
             n_rankings += 1
-            scores = [world.gold_score(gold, x[0]["content"]) for x in r["ranking"]]
+            scores = [preference_world.gold_score(gold, x[0]["content"]) for x in r["ranking"]]
             assert all(hi > lo for hi, lo in zip(scores, scores[1:])), r   # strictly best first
         else:
-            assert world.gold_prefers(gold, r["chosen"][0]["content"], r["rejected"][0]["content"]) == 1, r
+            assert preference_world.gold_prefers(gold, r["chosen"][0]["content"], r["rejected"][0]["content"]) == 1, r
         pairs = preference_pairs(r, tok, max_len=256)
         k = len(r.get("ranking", [0, 0]))
         assert len(pairs) == k * (k - 1) // 2
     assert n_rankings > 20
-    assert world.preference_records(50, "train", seed=0) == train[:50]     # deterministic
+    assert preference_world.preference_records(50, "train", seed=0) == train[:50]     # deterministic

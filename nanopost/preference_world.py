@@ -1,0 +1,255 @@
+"""
+Preference data with a ground truth (§7): questions whose good answer the world knows (capital
+cities, uppercase requests), so every preference, and every answer a model writes, is checkable.
+
+  gold_checks         the ground truth, criterion by criterion: direct (§1), correct, format, concise
+  preference_records  §7 pairs of four kinds (one defect each) and best-first rankings (InstructGPT)
+  preference_prompts  held-out questions for the ground-truth preference rate; training prompts for RLHF
+  judge_records       SFT conversations that teach the built-in AI judge its format (§6 RLAIF)
+
+Items are split as in world.py (split_of on the country or word), so held-out preference questions
+are about items no training record mentions.
+"""
+import json
+import random
+import re
+from dataclasses import dataclass
+
+from nanopost.evaluate import is_direct_answer, normalize
+from nanopost.graders import format_grader
+from nanopost.world import COUNTRIES, FACT_QUESTIONS, FILLER, SYSTEM_PROMPTS, WORDS, pad_answer, split_of
+
+CAPITALS = sorted({normalize(capital) for _, capital in COUNTRIES})
+GOLD_WEIGHTS = {"direct": 8, "correct": 4, "format": 2, "concise": 1}  # lexicographic: earlier matters more
+
+
+def _mentions(text, phrase):
+    return re.search(r"(?<![a-z])" + re.escape(phrase) + r"(?![a-z])", text) is not None
+
+
+def gold_checks(gold, response):
+    """The ground truth of a preference question, criterion by criterion (1 = met):
+      direct   it answers instead of continuing the question (§1)
+      correct  it names the answer, and no other capital
+      format   it follows the requested format (met when none was requested)
+      concise  at most gold["max_words"] words (the reference's length plus two): no filler
+    gold = {"answer": str, "max_words": int, "format": {format_grader spec}, optional}."""
+    text = normalize(response)
+    answer = normalize(gold["answer"])
+    correct = _mentions(text, answer) and not any(_mentions(text, c) for c in CAPITALS if c != answer)
+    return {"direct": int(is_direct_answer(response)), "correct": int(correct),
+            "format": int(format_grader(response, gold["format"]) >= 1.0) if gold.get("format") else 1,
+            "concise": int(len(response.split()) <= gold["max_words"])}
+
+
+def gold_score(gold, response):
+    """Σ GOLD_WEIGHTS · checks: a lexicographic order (a direct answer beats any continuation, then
+    correctness, format, concision)."""
+    return sum(GOLD_WEIGHTS[k] * v for k, v in gold_checks(gold, response).items())
+
+
+def gold_accepts(gold, response):
+    """The ground-truth preference: the response meets every criterion (it is the kind of answer
+    the preference data marks as chosen)."""
+    return all(gold_checks(gold, response).values())
+
+
+def gold_prefers(gold, a, b):
+    """+1 if the ground truth prefers a to b, -1 if b, 0 if it has no preference."""
+    sa, sb = gold_score(gold, a), gold_score(gold, b)
+    return (sa > sb) - (sa < sb)
+
+
+@dataclass
+class Question:
+    kind: str       # fact | upper_capital | upper_word
+    key: str        # decides the split, as for the SFT tasks about the same item
+    prompt: str
+    reference: str  # the ideal answer
+    gold: dict
+
+
+def preference_question(rng):
+    country, capital = rng.choice(COUNTRIES)
+    kind = rng.choice(["fact", "fact", "upper_capital", "upper_word"])
+    if kind == "fact":
+        q = Question(kind, country, rng.choice(FACT_QUESTIONS).format(c=country),
+                     f"The capital of {country} is {capital}.", {"answer": capital})
+    elif kind == "upper_capital":
+        q = Question(kind, country, f"Reply in uppercase: what is the capital of {country}?", capital.upper(),
+                     {"answer": capital, "format": {"uppercase": True}})
+    else:
+        word = rng.choice(WORDS)
+        q = Question(kind, f"upperword:{word}", f"Write the word {word} in uppercase.", word.upper(),
+                     {"answer": word, "format": {"uppercase": True, "max_words": 1}})
+    q.gold["max_words"] = len(q.reference.split()) + 2
+    return q
+
+
+def _wrong(q, rng):
+    """The reference with the answer swapped for another of its kind."""
+    if q.kind == "upper_word":
+        return rng.choice([w for w in WORDS if w != q.gold["answer"]]).upper()
+    other = rng.choice([c for _, c in COUNTRIES if c != q.gold["answer"]])
+    return q.reference.replace(q.gold["answer"].upper() if q.kind == "upper_capital" else q.gold["answer"],
+                               other.upper() if q.kind == "upper_capital" else other)
+
+
+def _unformatted(q):
+    return q.gold["answer"] if q.kind == "upper_word" else q.gold["answer"].title()
+
+
+def _continuation(q, rng):
+    """What web text does with a question (§1): carry it on instead of answering."""
+    other = rng.choice(COUNTRIES)[0]
+    return rng.choice([f"? {q.reference}", f"? What is the capital city of {other}?",
+                       f"? Write your answers below.", f"and the capital of {other}?"])
+
+
+def random_response(q, rng):
+    """A response with each defect at random: wrong, unformatted, padded, or a continuation."""
+    if rng.random() < 0.15:
+        return _continuation(q, rng)
+    text = _wrong(q, rng) if rng.random() < 0.3 else q.reference
+    if q.gold.get("format") and rng.random() < 0.3 and text == q.reference:
+        text = _unformatted(q)
+    return pad_answer(text, rng) if rng.random() < 0.4 else text
+
+
+def _assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def _pref_prompt(q, rng, system_prob=0.3):
+    system = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < system_prob else []
+    return system + [{"role": "user", "content": q.prompt}]
+
+
+def preference_pair(q, rng):
+    """(kind, chosen, rejected): one defect at a time, as in the issue's four kinds of preference."""
+    kinds = ["direct", "correct", "concise"] + (["format"] if q.gold.get("format") else [])
+    kind = rng.choice(kinds)
+    if kind == "direct":
+        return kind, q.reference, _continuation(q, rng)
+    if kind == "format":
+        return kind, q.reference, _unformatted(q)
+    if kind == "concise":
+        return kind, q.reference, pad_answer(q.reference, rng)
+    chosen, rejected = q.reference, _wrong(q, rng)
+    if rng.random() < 0.3:  # correctness matters even inside filler
+        filler = rng.choice(FILLER)
+        chosen, rejected = filler[0] + chosen + filler[1], filler[0] + rejected + filler[1]
+    return kind, chosen, rejected
+
+
+def preference_records(n, split, seed=0, ranking_share=0.2):
+    """§7 records about items of one split: pairs ({"prompt", "chosen", "rejected"}) and, at rate
+    ranking_share, best-first rankings of 3-4 responses ({"prompt", "ranking"}, InstructGPT).
+    metadata.gold is the ground truth; metadata.kind names the defect of the rejected response."""
+    rng = random.Random(f"{seed}|prefs|{split}")
+    records, seen, tries = [], set(), 0
+    while len(records) < n and tries < 200 * n:
+        tries += 1
+        q = preference_question(rng)
+        if split_of(q.key) != split:
+            continue
+        meta = {"gold": q.gold}
+        if rng.random() < ranking_share:
+            candidates = [q.reference, pad_answer(q.reference, rng), _wrong(q, rng), _continuation(q, rng)]
+            ranking = sorted(rng.sample(candidates, rng.choice([3, 4])), key=lambda r: -gold_score(q.gold, r))
+            if len({gold_score(q.gold, r) for r in ranking}) < len(ranking):
+                continue  # a ranking must be strict
+            record = {"prompt": _pref_prompt(q, rng), "ranking": [_assistant(r) for r in ranking],
+                      "metadata": {**meta, "kind": "ranking"}}
+        else:
+            kind, chosen, rejected = preference_pair(q, rng)
+            record = {"prompt": _pref_prompt(q, rng), "chosen": _assistant(chosen), "rejected": _assistant(rejected),
+                      "metadata": {**meta, "kind": kind}}
+        key = json.dumps(record, sort_keys=True)
+        if split == "eval" and key in seen:
+            continue
+        seen.add(key)
+        records.append(record)
+    return records
+
+
+def preference_prompts(split="eval", seed=0, n=None):
+    """Questions for measuring (split='eval': every held-out question once) or for RLHF training
+    (n questions drawn at random): {"prompt", "metadata": {"gold": ...}, "family": kind}."""
+    if n is None:
+        questions = []
+        for country, capital in COUNTRIES:
+            if split_of(country) == split:
+                for phrasing in FACT_QUESTIONS + ["Reply in uppercase: what is the capital of {c}?"]:
+                    upper = phrasing.startswith("Reply")
+                    q = Question("upper_capital" if upper else "fact", country, phrasing.format(c=country),
+                                 capital.upper() if upper else f"The capital of {country} is {capital}.",
+                                 {"answer": capital, **({"format": {"uppercase": True}} if upper else {})})
+                    q.gold["max_words"] = len(q.reference.split()) + 2
+                    questions.append(q)
+        for word in WORDS:
+            if split_of(f"upperword:{word}") == split:
+                questions.append(Question("upper_word", f"upperword:{word}", f"Write the word {word} in uppercase.",
+                                          word.upper(), {"answer": word, "format": {"uppercase": True, "max_words": 1},
+                                                         "max_words": 3}))
+        return [{"prompt": [{"role": "user", "content": q.prompt}], "metadata": {"gold": q.gold}, "family": q.kind}
+                for q in questions]
+    rng = random.Random(f"{seed}|prefprompts|{split}")
+    out = []
+    while len(out) < n:
+        q = preference_question(rng)
+        if split_of(q.key) == split:
+            out.append({"prompt": _pref_prompt(q, rng), "metadata": {"gold": q.gold}, "family": q.kind})
+    return out
+
+
+# the constitution (§6, Constitutional AI): one principle per criterion of the ground truth, with
+# the weight the built-in judge gives it ("weight | principle" lines; see nanopost/judge.py)
+PRINCIPLES = {"direct": "Prefer the response that answers the question instead of continuing it.",
+              "correct": "Prefer the response whose answer is correct.",
+              "format": "Prefer the response that follows the format the user asked for.",
+              "concise": "Prefer the concise response, without filler."}
+CONSTITUTION = "".join(f"{GOLD_WEIGHTS[k]} | {text}\n" for k, text in PRINCIPLES.items())
+
+
+def judge_prompt(principle, question, response_a, response_b):
+    """The judging format the built-in judge is taught (SFT) and asked in (RLAIF)."""
+    return (f"Principle: {principle}\nQuestion: {question}\nResponse A: {response_a}\nResponse B: {response_b}\n"
+            f"Does each response follow the principle, and which is better?")
+
+
+def judge_verdict(a_follows, b_follows):
+    """The judge's answer: a verdict on each response, then the comparison they imply. Judging
+    each response first is what makes the task learnable for a small model: one response at a
+    time is a local check; the comparison follows from the two verdicts."""
+    better = "A" if a_follows > b_follows else "B" if b_follows > a_follows else "Tie"
+    return f"A: {'yes' if a_follows else 'no'}\nB: {'yes' if b_follows else 'no'}\nBetter: {better}"
+
+
+def judge_records(n, seed=0):
+    """SFT conversations that teach judging: two responses to a training question, one principle,
+    the verdicts of that principle's ground-truth criterion (judge_verdict)."""
+    rng = random.Random(f"{seed}|judge")
+    records = []
+    while len(records) < n:
+        q = preference_question(rng)
+        a, b = random_response(q, rng), random_response(q, rng)
+        if split_of(q.key) != "train" or a == b:
+            continue
+        ca, cb = gold_checks(q.gold, a), gold_checks(q.gold, b)
+        separating = [k for k in PRINCIPLES if ca[k] != cb[k]]
+        name = rng.choice(separating) if separating and rng.random() < 0.7 else rng.choice(sorted(PRINCIPLES))
+        records.append({"messages": [{"role": "user", "content": judge_prompt(PRINCIPLES[name], q.prompt, a, b)},
+                                     {"role": "assistant", "content": judge_verdict(ca[name], cb[name])}],
+                        "family": "judge"})
+    return records
+
+
+def with_judging(records, share, seed=0):
+    """SFT records plus share * len(records) judging conversations, shuffled in."""
+    judging = judge_records(int(share * len(records)), seed)
+    if not judging:
+        return records
+    mixed = records + judging
+    random.Random(seed + 1).shuffle(mixed)
+    return mixed
