@@ -102,6 +102,8 @@ class RLConfig(PreferenceConfig):
     batch_size: int = flag(32, "DPO: pairs per optimiser step", "dpo")
     warmup: int = flag(10, "DPO: warm-up steps", "dpo")
     label_smoothing: float = flag(0.0, "DPO: assumed label-noise rate (sigmoid: cDPO, robust)", "dpo")
+    rpo_alpha: float = flag(0.0, "DPO: weight of the chosen responses' per-token NLL added to the loss (RPO; "
+                                 "keeps log π(chosen) from falling)", "dpo")
 
 
 def parse_weights(text):
@@ -247,12 +249,18 @@ def train_dpo(cfg):
 
     def loss_fn(indices, n_total):
         pairs = [train[i] for i in indices]
-        logps = sequence_logprobs(policy, pair_batch(pairs, tok.pad_id, device), average=ipo)  # (2P,)
+        batch = pair_batch(pairs, tok.pad_id, device)
+        logps = sequence_logprobs(policy, batch, average=ipo)  # (2P,)
         chosen, rejected = logps[:len(pairs)], logps[len(pairs):]
         rows = torch.tensor(indices, device=device)
         losses = dpo_loss(chosen, rejected, ref_chosen[rows], ref_rejected[rows], cfg.beta, cfg.loss_type,
                           cfg.label_smoothing)
         metrics = dpo_rewards(chosen, rejected, ref_chosen[rows], ref_rejected[rows], cfg.beta)
+        if cfg.rpo_alpha > 0:  # RPO: + α · NLL(chosen) / |chosen|, the SFT loss on the preferred responses
+            n_tokens = batch["response_mask"][:len(pairs), 1:].sum(1).clamp(min=1)
+            nll = -(chosen if ipo else chosen / n_tokens)
+            losses = losses + cfg.rpo_alpha * nll
+            metrics["nll/chosen"] = nll.detach()
         return losses.sum() / n_total, {k: v.sum() for k, v in metrics.items()}
 
     def save(step):
@@ -278,7 +286,7 @@ def train_dpo(cfg):
         heldout = {"heldout_reward_accuracy": float(((chosen - heldout_ref[0]) > (rejected - heldout_ref[1])).float().mean())}
     curve = [{k: h[k] for k in ("step", "logps/chosen", "logps/rejected", "rewards/margins")}
              for h in history[::max(len(history) // 10, 1)] + history[-1:]]
-    return log.finish({"stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "steps": cfg.steps,
+    return log.finish({"stage": "dpo", "loss_type": cfg.loss_type, "beta": cfg.beta, "rpo_alpha": cfg.rpo_alpha, "steps": cfg.steps,
                        "preference_rate_before": before["rate"] if before else None,
                        "preference_rate_after": after["rate"] if after else None,
                        "preference_before": before, "preference_after": after, **heldout,

@@ -10,10 +10,12 @@ response that ..."; default weight 1; blank lines and lines starting with # are 
 
 A judge is any callable judge(questions, responses_a, responses_b, principle) -> [P(A is better)]
 with values in [0, 1] (0.5: no preference): a rule, a bigger model, an API. The built-in judge is
-a nanopost model asked in preference_world.judge_prompt's format, which the built-in SFT mix teaches: it first
-says of each response whether it follows the principle ("A: yes", "B: no"), then which is better.
-Its probabilities p_A, p_B of " yes" (against " no") give
+a nanopost model asked in preference_world.judge_prompt's format, which the built-in SFT mix
+teaches: shown the principle, the question and one response, it answers "Verdict: yes" or
+"Verdict: no". Its probabilities p_A, p_B of " yes" (against " no") for the two responses give
     P(A better) = p_A (1 - p_B) + ½ [p_A p_B + (1 - p_A)(1 - p_B)] = ½ + ½ (p_A - p_B).
+(One response per prompt is what a 2M-parameter judge can learn: a prompt holding both responses
+and asking for two verdicts and a comparison stayed at chance in our runs.)
 
 Labelling a pair (a, b): under every principle k the judge is asked in both orders, which cancels
 position bias,   p_k = ½ (J(a, b) + 1 - J(b, a)),   and the principles are combined by weighted
@@ -64,7 +66,7 @@ def model_judge(model, tok, batch_size=64):
     yes, no = tok.encode(" yes")[0], tok.encode(" no")[0]
     assert yes != no, "' yes' and ' no' must start with different tokens"
     block = model.config.block_size
-    appended = len(tok.encode("A:")) + max(len(tok.encode(" yes")), len(tok.encode(" no"))) + len(tok.encode("\nB:"))
+    cue = tok.encode("Verdict:")  # the start of preference_world.judge_verdict
     device = next(model.parameters()).device
 
     @torch.no_grad()
@@ -81,18 +83,21 @@ def model_judge(model, tok, batch_size=64):
             out += torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0].tolist()
         return out
 
-    def judge(questions, responses_a, responses_b, principle):
-        prompts = [render_prompt(tok, [{"role": "user", "content": preference_world.judge_prompt(principle, q, a, b)}])
-                   for q, a, b in zip(questions, responses_a, responses_b)]
-        fits = [i for i, p in enumerate(prompts) if len(p) + appended <= block]
-        out = [0.5] * len(prompts)  # a comparison too long for the context gets no opinion
-        # the verdict on A, then on B after the judge's own (likelier) verdict on A: preference_world.judge_verdict
-        seq_a = [prompts[i] + tok.encode("A:") for i in fits]
-        pa = p_yes(seq_a)
-        pb = p_yes([s + tok.encode(" yes" if p > 0.5 else " no") + tok.encode("\nB:") for s, p in zip(seq_a, pa)])
-        for i, a, b in zip(fits, pa, pb):
-            out[i] = 0.5 + 0.5 * (a - b)  # P(A better) = P(A yes, B no) + ½ P(same verdict), verdicts independent
+    def verdicts(questions, responses, principle):
+        """P(the response follows the principle) per response; None where the prompt does not fit."""
+        seqs = [render_prompt(tok, [{"role": "user", "content": preference_world.judge_prompt(principle, q, r)}]) + cue
+                for q, r in zip(questions, responses)]
+        fits = [i for i, s in enumerate(seqs) if len(s) < block]  # the verdict token must fit too
+        out = [None] * len(seqs)
+        for i, p in zip(fits, p_yes([seqs[i] for i in fits])):
+            out[i] = p
         return out
+
+    def judge(questions, responses_a, responses_b, principle):
+        p_a, p_b = verdicts(questions, responses_a, principle), verdicts(questions, responses_b, principle)
+        # P(A better) = P(A yes, B no) + ½ P(same verdict), verdicts independent = ½ + ½ (p_A - p_B);
+        # a comparison too long for the context gets no opinion (½)
+        return [0.5 if a is None or b is None else 0.5 + 0.5 * (a - b) for a, b in zip(p_a, p_b)]
 
     return judge
 
@@ -117,8 +122,10 @@ def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed + 17)
     conversations = [r["prompt"] for r in prompts for _ in range(2)]
     answers = chat_complete(policy, tok, conversations, 32, temperature=cfg.label_temperature, generator=generator)
+    # an empty answer cannot be a §7 response, and two equal answers are no comparison
     pairs = [(r, answers[2 * i], answers[2 * i + 1]) for i, r in enumerate(prompts)
-             if answers[2 * i].strip() != answers[2 * i + 1].strip()]
+             if answers[2 * i].strip() and answers[2 * i + 1].strip()
+             and answers[2 * i].strip() != answers[2 * i + 1].strip()]
     gold = [preference_world.gold_prefers(r["metadata"]["gold"], a, b) if "gold" in r.get("metadata", {}) else 0
             for r, a, b in pairs]
     if cfg.labels == "ai":

@@ -87,9 +87,15 @@ def preference_question(rng):
 
 
 def _wrong(q, rng):
-    """The reference with the answer swapped for another of its kind."""
+    """A wrong answer: the reference with the answer swapped for another of its kind, or (for a
+    fact question, half the time) a right answer to another question: the capital of another
+    country, the mismatch §7's own bad pair shows (and the small SFT model's usual mistake on
+    countries it never saw in SFT)."""
     if q.kind == "upper_word":
         return rng.choice([w for w in WORDS if w != q.gold["answer"]]).upper()
+    if q.kind == "fact" and rng.random() < 0.5:
+        country, capital = rng.choice([(c, cap) for c, cap in COUNTRIES if cap != q.gold["answer"]])
+        return f"The capital of {country} is {capital}."
     other = rng.choice([c for _, c in COUNTRIES if c != q.gold["answer"]])
     return q.reference.replace(q.gold["answer"].upper() if q.kind == "upper_capital" else q.gold["answer"],
                                other.upper() if q.kind == "upper_capital" else other)
@@ -106,14 +112,23 @@ def _continuation(q, rng):
                        f"? Write your answers below.", f"and the capital of {other}?"])
 
 
+def _with_defects(q, rng, defects):
+    """The reference answer with the named defects: "direct" (a continuation instead, §1),
+    "correct" (a wrong answer), "format" (ignores the requested format), "concise" (filler)."""
+    if "direct" in defects:
+        return _continuation(q, rng)
+    text = _wrong(q, rng) if "correct" in defects else q.reference
+    if "format" in defects and q.gold.get("format") and text == q.reference:
+        text = _unformatted(q)
+    return pad_answer(text, rng) if "concise" in defects else text
+
+
 def random_response(q, rng):
-    """A response with each defect at random: wrong, unformatted, padded, or a continuation."""
+    """A response with each defect at random: a continuation, or wrong, unformatted, padded."""
     if rng.random() < 0.15:
         return _continuation(q, rng)
-    text = _wrong(q, rng) if rng.random() < 0.3 else q.reference
-    if q.gold.get("format") and rng.random() < 0.3 and text == q.reference:
-        text = _unformatted(q)
-    return pad_answer(text, rng) if rng.random() < 0.4 else text
+    return _with_defects(q, rng, {d for d, rate in (("correct", 0.3), ("format", 0.3), ("concise", 0.4))
+                                  if rng.random() < rate})
 
 
 def _assistant(text):
@@ -212,35 +227,34 @@ PRINCIPLES = {"direct": "Prefer the response that answers the question instead o
 CONSTITUTION = "".join(f"{GOLD_WEIGHTS[k]} | {text}\n" for k, text in PRINCIPLES.items())
 
 
-def judge_prompt(principle, question, response_a, response_b):
-    """The judging format the built-in judge is taught (SFT) and asked in (RLAIF)."""
-    return (f"Principle: {principle}\nQuestion: {question}\nResponse A: {response_a}\nResponse B: {response_b}\n"
-            f"Does each response follow the principle, and which is better?")
+def judge_prompt(principle, question, response):
+    """The judging format the built-in judge is taught (SFT) and asked in (RLAIF): one response,
+    one principle. A pairwise judgement is made of two of these (judge.model_judge)."""
+    return f"Principle: {principle}\nQuestion: {question}\nResponse: {response}\nDoes the response follow the principle?"
 
 
-def judge_verdict(a_follows, b_follows):
-    """The judge's answer: a verdict on each response, then the comparison they imply. Judging
-    each response first is what makes the task learnable for a small model: one response at a
-    time is a local check; the comparison follows from the two verdicts."""
-    better = "A" if a_follows > b_follows else "B" if b_follows > a_follows else "Tie"
-    return f"A: {'yes' if a_follows else 'no'}\nB: {'yes' if b_follows else 'no'}\nBetter: {better}"
+def judge_verdict(follows):
+    """The judge's answer to judge_prompt."""
+    return f"Verdict: {'yes' if follows else 'no'}"
 
 
-def judge_records(n, seed=0):
-    """SFT conversations that teach judging: two responses to a training question, one principle,
-    the verdicts of that principle's ground-truth criterion (judge_verdict)."""
-    rng = random.Random(f"{seed}|judge")
+def judge_records(n, seed=0, split="train"):
+    """SFT conversations that teach judging: a response to a training question, one principle,
+    and that principle's ground-truth verdict. Half the responses carry the principle's defect
+    (others at random), so every verdict is yes half the time and the judge must read the response."""
+    rng = random.Random(f"{seed}|judge|{split}")
     records = []
     while len(records) < n:
         q = preference_question(rng)
-        a, b = random_response(q, rng), random_response(q, rng)
-        if split_of(q.key) != "train" or a == b:
+        if split_of(q.key) != split:
             continue
-        ca, cb = gold_checks(q.gold, a), gold_checks(q.gold, b)
-        separating = [k for k in PRINCIPLES if ca[k] != cb[k]]
-        name = rng.choice(separating) if separating and rng.random() < 0.7 else rng.choice(sorted(PRINCIPLES))
-        records.append({"messages": [{"role": "user", "content": judge_prompt(PRINCIPLES[name], q.prompt, a, b)},
-                                     {"role": "assistant", "content": judge_verdict(ca[name], cb[name])}],
+        names = [k for k in PRINCIPLES if k != "format" or q.gold.get("format")]
+        name = rng.choice(names)
+        others = {d for d in ("correct", "format", "concise") if d != name and rng.random() < 0.25}
+        response = _with_defects(q, rng, others | ({name} if rng.random() < 0.5 else set()))
+        records.append({"messages": [{"role": "user", "content": judge_prompt(PRINCIPLES[name], q.prompt, response)},
+                                     {"role": "assistant",
+                                      "content": judge_verdict(gold_checks(q.gold, response)[name])}],
                         "family": "judge"})
     return records
 

@@ -392,6 +392,7 @@ def main():
     p.add_argument("--label_noise", type=float, default=0.5, help="rate of the known wrong labels in SFT data")
     p.add_argument("--padding", type=float, default=0.0, help="rate of filler-padded answers in SFT data")
     p.add_argument("--judge", type=float, default=0.0, help="judging conversations per SFT conversation")
+    p.add_argument("--judge_records", type=int, default=4000, help="judging conversations in judge.jsonl (to train a judge)")
     p.add_argument("--prefs", type=int, default=4000, help="number of preference training records")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -405,6 +406,7 @@ def main():
     write_jsonl(os.path.join(args.out, "rl_eval.jsonl"), rl_records(200, "eval", args.seed, suites))
     write_jsonl(os.path.join(args.out, "prefs.jsonl"), pw.preference_records(args.prefs, "train", args.seed))
     write_jsonl(os.path.join(args.out, "prefs_eval.jsonl"), pw.preference_records(400, "eval", args.seed, ranking_share=0))
+    write_jsonl(os.path.join(args.out, "judge.jsonl"), pw.judge_records(args.judge_records, args.seed))
     with open(os.path.join(args.out, "constitution.txt"), "w") as f:
         f.write(pw.CONSTITUTION)
     print(json.dumps({"out": args.out, "files": sorted(os.listdir(args.out))}))

@@ -6,6 +6,8 @@ batch_indices epochs; the AI judge's aggregation over orders and principles, the
 file format and the built-in model judge; the world's ground truth (gold_checks, gold_prefers)
 and its preference records (split-disjoint, strictly ranked, renderable). No training runs."""
 import math
+import os
+import re
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from nanopost.preferences import (
 from nanopost.tokenizer import Tokenizer, render_prompt
 
 LN2 = math.log(2.0)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 128
 
 
@@ -427,60 +430,69 @@ def test_constitution_empty_file(tmp_path):
 
 def reference_judge(model, tok, question, a, b, principle):
     """The built-in judge by hand, one unpadded forward per verdict, in float64:
-    p_A = P(' yes' | prompt 'A:'), p_B = P(' yes' | prompt 'A:' <likelier verdict> '\nB:'),
-    each against ' no' (first tokens), and P(A better) = ½ + ½ (p_A - p_B)."""
+    p_X = P(' yes' | judge prompt of response X, 'Verdict:') against ' no' (first tokens), and
+    P(A better) = ½ + ½ (p_A - p_B)."""
     yes, no = tok.encode(" yes")[0], tok.encode(" no")[0]
 
-    def p_yes(ids):
+    def p_yes(response):
+        ids = render_prompt(tok, user(preference_world.judge_prompt(principle, question, response))) + tok.encode("Verdict:")
         with torch.no_grad():
             logits = model(torch.tensor([ids]))[0, -1].double()              # (V,)
         return torch.softmax(logits[[yes, no]], dim=0)[0].item()
 
-    seq = render_prompt(tok, user(preference_world.judge_prompt(principle, question, a, b))) + tok.encode("A:")
-    pa = p_yes(seq)
-    pb = p_yes(seq + tok.encode(" yes" if pa > 0.5 else " no") + tok.encode("\nB:"))
-    return 0.5 + 0.5 * (pa - pb)
+    return 0.5 + 0.5 * (p_yes(a) - p_yes(b))
 
 
 def test_model_judge_probabilities_and_context_limit(tok, model):
     judge = model_judge(model, tok, batch_size=2)                          # chunks of 2: padding inside a chunk
     questions = ["Hi?", "Capital of Peru?", "Why?", "What is the capital of France?"]
-    a = ["Yes.", "Lima.", "Because it is so.", "The capital of France is Paris. " * 12]
+    a = ["Yes.", "Lima.", "Because it is so.", "The capital of France is Paris. " * 20]
     b = ["No.", "Quito, I think.", "No.", "Rome."]
     p = judge(questions, a, b, "Be brief.")
     assert len(p) == 4 and all(0.0 <= x <= 1.0 for x in p)
-    assert len(render_prompt(tok, user(preference_world.judge_prompt("Be brief.", questions[3], a[3], b[3])))) > BLOCK
-    assert p[3] == 0.5                                                     # too long for block_size: no opinion
+    assert len(render_prompt(tok, user(preference_world.judge_prompt("Be brief.", questions[3], a[3])))) > BLOCK
+    assert p[3] == 0.5                                                     # A too long for block_size: no opinion
     for i in range(3):                                                     # the three that fit
         assert abs(p[i] - reference_judge(model, tok, questions[i], a[i], b[i], "Be brief.")) < 1e-5
     assert max(abs(x - 0.5) for x in p[:3]) > 1e-3                        # the check above is not trivial
+    assert judge(questions[:1], a[:1], a[:1], "Be brief.") == [0.5]        # the same response twice: a tie
 
 
 def test_model_judge_asks_in_the_format_sft_teaches(tok):
-    """The judge's query (prompt, 'A:', verdict, '\nB:') is a prefix of the rendered SFT judging
-    conversation (preference_world.judge_records), token for token, so it reads the verdict tokens SFT trained."""
+    """The judge's query (prompt, 'Verdict:') is a prefix of the rendered SFT judging conversation
+    (preference_world.judge_records), token for token, so it reads the verdict token SFT trained."""
     from nanopost.tokenizer import render_conversation
-    content = preference_world.judge_prompt("Be brief.", "Hi?", "Yes.", "No.")
-    ids, _ = render_conversation(tok, user(content) + assistant(preference_world.judge_verdict(1, 0)))
-    query = render_prompt(tok, user(content)) + tok.encode("A:") + tok.encode(" yes") + tok.encode("\nB:")
-    assert ids[:len(query)] == query
-    assert ids[len(query)] == tok.encode(" no")[0]
+    content = preference_world.judge_prompt("Be brief.", "Hi?", "Yes.")
+    for follows, word in ((1, " yes"), (0, " no")):
+        ids, _ = render_conversation(tok, user(content) + assistant(preference_world.judge_verdict(follows)))
+        query = render_prompt(tok, user(content)) + tok.encode("Verdict:")
+        assert ids[:len(query)] == query
+        assert ids[len(query)] == tok.encode(word)[0]
     assert tok.encode(" yes")[0] != tok.encode(" no")[0]
 
 
-def test_model_judge_never_runs_past_the_context():
-    # a tokenizer where ' yes' -> 4 tokens (' ', 'y', 'e', 's') and ' no' -> 1 token: the judge's precondition holds
-    judge_tok = Tokenizer.train("\n\n".join(world.base_corpus(2000, seed=0)) + " no" * 300, 400)
-    assert len(judge_tok.encode(" yes")) == 4 and judge_tok.encode(" yes")[0] != judge_tok.encode(" no")[0]
+def test_model_judge_never_runs_past_the_context(tok):
     q, a, b, principle = "Hi?", "Yes.", "No.", "Be brief."
-    n = len(render_prompt(judge_tok, user(preference_world.judge_prompt(principle, q, a, b))))
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=n + 8, vocab_size=judge_tok.vocab_size)).eval()
-    w = gpt.lm_head.weight[judge_tok.encode(" yes")[0]].detach()
-    with torch.no_grad():  # make ' yes' the likelier verdict on A, so the judge appends the 4-token ' yes'
-        gpt.transformer.ln_f.bias += 20 * w / w.dot(w)
-    p = model_judge(gpt, judge_tok)([q], [a], [b], principle)             # fits by the judge's own test
-    assert len(p) == 1 and 0.0 <= p[0] <= 1.0
+    n = len(render_prompt(tok, user(preference_world.judge_prompt(principle, q, a)))) + len(tok.encode("Verdict:"))
+    for block, opinion in ((n, False), (n + 1, True)):                    # the verdict token needs one more slot
+        torch.manual_seed(0)
+        gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=block, vocab_size=tok.vocab_size)).eval()
+        p = model_judge(gpt, tok)([q], [a], [b], principle)
+        assert len(p) == 1 and 0.0 <= p[0] <= 1.0 and (p[0] != 0.5) == opinion
+
+
+def test_judge_records_teach_both_verdicts_under_every_principle():
+    records = preference_world.judge_records(400, seed=3)
+    by_principle = {}
+    for r in records:
+        principle = r["messages"][0]["content"].split("\n")[0][len("Principle: "):]
+        by_principle.setdefault(principle, []).append(r["messages"][1]["content"])
+    assert set(by_principle) == set(preference_world.PRINCIPLES.values())
+    for verdicts in by_principle.values():                                 # each principle: yes and no, neither rare
+        share = verdicts.count("Verdict: yes") / len(verdicts)
+        assert 0.25 < share < 0.75, share
+    held_out = preference_world.judge_records(50, seed=3, split="eval")
+    assert not {r["messages"][0]["content"] for r in held_out} & {r["messages"][0]["content"] for r in records}
 
 
 # ----------------------------------------------------------------------------- the world's ground truth
@@ -552,3 +564,53 @@ def test_preference_records_split_strict_and_renderable(tok):
         assert len(pairs) == k * (k - 1) // 2
     assert n_rankings > 20
     assert preference_world.preference_records(50, "train", seed=0) == train[:50]     # deterministic
+
+
+def test_wrong_answers_include_the_answer_to_another_question():
+    """'correct' pairs reject both a wrong capital and a right answer about another country
+    (§7's mismatched pair): the ground truth rejects both, and both occur."""
+    records = [r for r in preference_world.preference_records(600, "train", seed=1)
+               if r["metadata"].get("kind") == "correct" and "uppercase" not in r["prompt"][-1]["content"]]
+    mismatched = same_country = 0
+    for r in records:
+        country = item_key(r)
+        rejected = r["rejected"][0]["content"]
+        assert preference_world.gold_checks(r["metadata"]["gold"], rejected)["correct"] == 0, rejected
+        if f"capital of {country} is" in rejected:
+            same_country += 1
+        else:
+            mismatched += 1
+            assert re.search(r"The capital of (.+) is (.+)\.", rejected), rejected
+    assert mismatched > 10 and same_country > 10, (mismatched, same_country)
+
+
+def test_world_cli_writes_preference_and_judge_files(tmp_path):
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "nanopost.world", "--out", str(out), "--sft", "20", "--rl", "10",
+                    "--prefs", "30", "--judge_records", "25"], check=True, capture_output=True, cwd=ROOT)
+    read = lambda name: [json.loads(line) for line in open(out / name)]
+    assert len(read("prefs.jsonl")) == 30 and len(read("prefs_eval.jsonl")) == 400
+    judging = read("judge.jsonl")
+    assert len(judging) == 25 and all(r["messages"][1]["content"] in ("Verdict: yes", "Verdict: no") for r in judging)
+    assert load_constitution(str(out / "constitution.txt")) == load_constitution()
+
+
+def test_label_pairs_drops_empty_and_equal_answers(monkeypatch):
+    """A sampled pair with an empty answer (the policy ended at once) or two equal answers is no §7
+    comparison: label_pairs leaves it out instead of writing a record that cannot be read back."""
+    import types
+    from nanopost import judge as judge_module
+    answers = ["", "The capital of France is Paris.",            # empty: dropped
+               "Paris.", "Paris.",                               # equal: dropped
+               "The capital of France is Paris.", "? The capital of France is Paris."]
+    monkeypatch.setattr(judge_module, "chat_complete", lambda *a, **k: list(answers))
+    gold = {"answer": "Paris", "max_words": 8}
+    prompts = [{"prompt": user("What is the capital of France"), "metadata": {"gold": gold}}] * 3
+    cfg = types.SimpleNamespace(seed=0, label_temperature=1.0, labels="gold")
+    records, report = judge_module.label_pairs(torch.nn.Linear(1, 1), None, prompts, cfg)
+    assert report["distinct_pairs"] == 1 and len(records) == 1
+    assert records[0]["chosen"][0]["content"] == "The capital of France is Paris."
+    assert records[0]["rejected"][0]["content"] == "? The capital of France is Paris."
