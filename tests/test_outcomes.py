@@ -29,3 +29,31 @@ def test_sft_turns_continuation_into_answering(tmp_path):
 def test_grpo_raises_heldout_verifiable_accuracy(tmp_path):
     summary = run(["train_rl.py", "--algo", "grpo", "--out", str(tmp_path / "rl")], tmp_path / "cache")
     assert summary["accuracy_after"] - summary["accuracy_before"] >= 0.15
+
+
+@pytest.fixture(scope="module")
+def padded_sft(tmp_path_factory):
+    """The SFT model of verbose annotators (--padding 0.9) that the preference outcomes start from."""
+    tmp = tmp_path_factory.mktemp("prefs")
+    summary = run(["train_sft.py", "--padding", "0.9", "--out", str(tmp / "sft_padded")], tmp / "cache")
+    return summary["ckpt"], tmp
+
+
+@pytest.mark.slow
+def test_dpo_raises_ground_truth_preference_rate(padded_sft):
+    sft, tmp = padded_sft
+    summary = run(["train_rl.py", "--algo", "dpo", "--init", sft, "--steps", "60", "--out", str(tmp / "dpo")],
+                  tmp / "cache")
+    assert summary["stage"] == "dpo"
+    assert summary["preference_rate_after"] - summary["preference_rate_before"] >= 0.20
+    assert summary["heldout_reward_accuracy"] >= 0.75
+
+
+@pytest.mark.slow
+def test_rlhf_with_the_reward_model_raises_ground_truth_preference_rate(padded_sft):
+    sft, tmp = padded_sft
+    rm = run(["train_rm.py", "--out", str(tmp / "rm")], tmp / "cache")
+    assert rm["stage"] == "rm" and rm["heldout_accuracy"] >= 0.75
+    summary = run(["train_rl.py", "--algo", "grpo", "--reward", f"rm:{rm['ckpt']}", "--init", sft, "--steps", "40",
+                   "--beta", "0.3", "--out", str(tmp / "rlhf")], tmp / "cache")
+    assert summary["preference_rate_after"] - summary["preference_rate_before"] >= 0.20
