@@ -10,6 +10,9 @@ Checkpoints: one folder holding everything a later stage or a resumed run needs:
 
 Written atomically: everything goes to a temporary folder first, which then replaces the old
 one by renames; a crash at any moment leaves either the old or the new checkpoint whole.
+
+load_checkpoint also takes a HuggingFace GPT-2 folder (config.json + model.safetensors, see
+nanopost/hf.py), so any stage can start from real GPT-2 weights: `--init path/to/gpt2`.
 """
 import json
 import os
@@ -19,6 +22,7 @@ import tempfile
 
 import torch
 
+from nanopost.hf import load_hf_gpt2, resize_token_embeddings
 from nanopost.model import GPT, GPTConfig
 from nanopost.tokenizer import Tokenizer
 
@@ -55,9 +59,12 @@ def checkpoint_exists(path):
 
 def load_checkpoint(path, device="cpu"):
     """-> dict(model, tok, meta, optimizer_state, rng, extra). Falls back to path.old if a crash
-    happened between the two renames of save_checkpoint."""
+    happened between the two renames of save_checkpoint. A HuggingFace GPT-2 folder loads as a
+    step-0 checkpoint of stage "hf" (see _load_hf_folder)."""
     if not os.path.exists(os.path.join(path, "model.pt")) and os.path.exists(os.path.join(path + ".old", "model.pt")):
         path = path + ".old"
+    if not os.path.exists(os.path.join(path, "model.pt")) and os.path.exists(os.path.join(path, "model.safetensors")):
+        return _load_hf_folder(path, device)
     if not os.path.exists(os.path.join(path, "model.pt")):
         raise FileNotFoundError(f"no checkpoint at {path} (expected {os.path.join(path, 'model.pt')})")
     with open(os.path.join(path, "config.json")) as f:
@@ -72,6 +79,27 @@ def load_checkpoint(path, device="cpu"):
 
     return {"model": model, "tok": Tokenizer.load(path), "meta": meta, "optimizer_state": optional("optimizer.pt"),
             "rng": optional("rng.pt"), "extra": optional("extra.pt"), "path": path}
+
+
+def _load_hf_folder(path, device):
+    """A HuggingFace GPT-2 folder as a step-0 checkpoint. Tokenizer: the one export_hf_gpt2 saved
+    in nanopost_tokenizer/, else GPT-2's encoding from local files (Tokenizer.standard). GPT-2's
+    vocabulary (50257) has no room for the chat special tokens that follow it, so the embedding
+    grows to the tokenizer's size (resize_token_embeddings: new rows = mean row)."""
+    model = load_hf_gpt2(path)
+    if os.path.exists(os.path.join(path, "nanopost_tokenizer", "tokenizer.json")):
+        tok = Tokenizer.load(os.path.join(path, "nanopost_tokenizer"))
+    else:
+        try:
+            tok = Tokenizer.standard("gpt2")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{path} is a HuggingFace GPT-2 folder without a nanopost tokenizer, so it "
+                                    f"needs GPT-2's encoding from a local file. {e}") from e
+    if tok.vocab_size > model.config.vocab_size:
+        resize_token_embeddings(model, tok.vocab_size)
+    model.to(device)
+    meta = {"stage": "hf", "step": 0, "model": model.config.to_dict(), "run": {}, "source": os.path.abspath(path)}
+    return {"model": model, "tok": tok, "meta": meta, "optimizer_state": None, "rng": None, "extra": None, "path": path}
 
 
 def cached_checkpoint(stage, train_main, device="auto", seed=0):

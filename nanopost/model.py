@@ -5,6 +5,7 @@ GPT-2 weights load into it, plus batched KV-cache sampling for every stage that 
     from nanopost.model import GPT, GPTConfig, generate
     model = GPT(GPTConfig.preset("tiny", vocab_size=1024))
     tokens, logprobs, lengths = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=16)
+    gpt2 = load_hf_gpt2("path/to/gpt2")  # real GPT-2 weights from a HuggingFace folder (nanopost/hf.py)
 
 Attention is `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
 Three attention patterns go through the same code:
@@ -185,6 +186,12 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6 N + 12 L H D T."""
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
+
+
+def load_hf_gpt2(path):
+    """A HuggingFace GPT-2 folder (config.json + model.safetensors) -> GPT. See nanopost/hf.py."""
+    from nanopost.hf import load_hf_gpt2 as load  # hf imports this module
+    return load(path)
 
 
 class ScalarModel(nn.Module):
