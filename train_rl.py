@@ -41,18 +41,16 @@ import torch
 import train_sft
 from nanopost import preference_world, world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
-from nanopost.common import RunConfig, RunLog, autocast, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
+from nanopost.common import RunLog, autocast, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records
 from nanopost.evaluate import verifiable_accuracy
 from nanopost.losses import (DPO_LOSS_TYPES, aggregate, clipped_surrogate, clipped_value_loss, dpo_loss, dpo_rewards, gae,
                              grpo_advantages, kl_estimate, rloo_advantages, whiten)
 from nanopost.model import ScalarModel
 from nanopost.nexttoken import NonFiniteLoss
-from nanopost.preferences import (PreferenceConfig, last_token_rewards, load_reward_model, pair_batch, preference_data,
-                                  preference_rate, sequence_logprobs, train_pairs)
+from nanopost.preferences import PreferenceConfig, pair_batch, preference_data, preference_rate, sequence_logprobs, train_pairs
+from nanopost.rewards import parse_reward, parse_weights, reward_fn_for, rl_record
 from nanopost.rollout import completion_logprobs, completion_values, sample_rollouts
-from nanopost.graders import GRADERS, grade_many
-from nanopost.tokenizer import ConversationError, render_prompt
 
 
 @dataclasses.dataclass
@@ -61,7 +59,7 @@ class RLConfig(PreferenceConfig):
     steps: int = flag(100, "optimiser steps (one batch of rollouts, or of preference pairs, each)")
     algo: str = flag("grpo", "grpo | ppo | reinforce | rloo | dpo", "algorithm")
     # data
-    reward: str = flag("graders", "graders | rm:CKPT | rm:CKPT,graders: the reward (RLHF with a train_rm.py model)",
+    reward: str = flag("graders", "reward sources, comma-separated: graders, rm:CKPT (see nanopost/rewards.py)",
                        "data")
     families: str = flag("roots,code", "built-in task families to train on (comma-separated)", "data")
     n_prompts: int = flag(4000, "built-in training prompts", "data")
@@ -104,69 +102,6 @@ class RLConfig(PreferenceConfig):
     label_smoothing: float = flag(0.0, "DPO: assumed label-noise rate (sigmoid: cDPO, robust)", "dpo")
     rpo_alpha: float = flag(0.0, "DPO: weight of the chosen responses' per-token NLL added to the loss (RPO; "
                                  "keeps log π(chosen) from falling)", "dpo")
-
-
-def parse_weights(text):
-    weights = {}
-    for item in filter(None, text.split(",")):
-        name, _, value = item.partition("=")
-        weights[name.strip()] = float(value)
-    return weights
-
-
-def parse_reward(spec):
-    """'graders' | 'rm:CKPT' | 'rm:CKPT,graders' -> (use the graders?, reward-model path or '')."""
-    use_graders, rm_path = False, ""
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        if part == "graders":
-            use_graders = True
-        elif part.startswith("rm:") and part[3:]:
-            rm_path = part[3:]
-        else:
-            raise ValueError(f"unknown --reward part {part!r}; use graders, rm:CKPT or both (comma-separated)")
-    if not use_graders and not rm_path:
-        raise ValueError("--reward names no reward; use graders, rm:CKPT or both")
-    return use_graders, rm_path
-
-
-def reward_model_fn(rm, rm_tok, stats, use_graders, suites_dir):
-    """RLHF (§6, §7): the reward model's standardised score (r - mean) / std of each completion,
-    read at its last token, as the reward 'reward_model' (plus the graders' rewards when asked)."""
-    block = rm.gpt.config.block_size
-
-    @torch.no_grad()
-    def reward_fn(texts, rows):
-        seqs = [(render_prompt(rm_tok, r["prompt"]) + rm_tok.encode(t) + [rm_tok.end_id])[:block]
-                for r, t in zip(rows, texts)]
-        device = next(rm.parameters()).device
-        idx = torch.full((len(seqs), max(map(len, seqs))), rm_tok.pad_id, dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            idx[b, :len(seq)] = torch.tensor(seq)
-        scores = last_token_rewards(rm, idx.to(device), torch.tensor([len(q) for q in seqs], device=device)).float()
-        scores = ((scores - stats["reward_mean"]) / stats["reward_std"]).tolist()
-        graded = grade_many(texts, [r.get("metadata", {}) for r in rows], suites_dir=suites_dir) if use_graders \
-            else [{} for _ in rows]
-        return [{**g, "reward_model": s} for g, s in zip(graded, scores)]
-
-    return reward_fn
-
-
-def rl_record(record, tok, max_prompt_len, need_scorer=True):
-    """Validate one §8 record: a prompt (messages ending with a user turn) that fits the context,
-    and metadata naming known graders (optional when a reward model gives the reward)."""
-    if not isinstance(record.get("prompt"), list) or not record["prompt"]:
-        raise ConversationError("record needs a non-empty 'prompt' list of messages")
-    render_prompt(tok, record["prompt"], max_prompt_len)
-    metadata = record.get("metadata")
-    if not need_scorer and (not isinstance(metadata, dict) or "scorer" not in metadata):
-        return record
-    if not isinstance(metadata, dict) or "scorer" not in metadata:
-        raise ValueError("record needs 'metadata' with a 'scorer' (math_grader, code_grader, ...)")
-    scorers = [metadata["scorer"]] if isinstance(metadata["scorer"], str) else metadata["scorer"]
-    unknown = [name for name in scorers if name not in GRADERS]
-    if unknown:
-        raise ValueError(f"unknown scorer {unknown[0]!r}; known: {', '.join(GRADERS)}")
-    return record
 
 
 def advantages_for(cfg, batch, mask, logprobs, ref_logprobs, baseline, values=None, tasks=None):
@@ -302,7 +237,8 @@ def main(argv=None):
                               loss_type=cfg.loss_type or ("sigmoid" if dpo else "grpo"))
     if dpo:
         return train_dpo(cfg)
-    use_graders, rm_path = parse_reward(cfg.reward)
+    use_graders, models = parse_reward(cfg.reward)
+    preference_rl = "rm" in models and not use_graders  # RLHF on the built-in preference questions (the RM's domain)
     t_start = time.time()
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -322,20 +258,15 @@ def main(argv=None):
         critic.to(device).requires_grad_(True)
         if cfg.resume and start["extra"] and "critic" in start["extra"]:
             critic.load_state_dict(start["extra"]["critic"])
-    reward_fn = rm = None
-    if rm_path:  # RLHF: the reward model is frozen; its statistics standardise its score
-        rm, rm_tok, rm_stats = load_reward_model(rm_path, device)
-        rm.requires_grad_(False)
-        reward_fn = reward_model_fn(rm, rm_tok, rm_stats, use_graders, cfg.suites_dir or None)
     policy.train()
 
     # data: the user's §8 JSONL or the built-in verifiable prompts (suites written beside them)
     max_prompt_len = policy.config.block_size - cfg.max_completion_length
-    check = lambda record: rl_record(record, tok, max_prompt_len, need_scorer=not rm_path)
+    check = lambda record: rl_record(record, tok, max_prompt_len, need_scorer=not models)
     if cfg.data:
         train_records, report = load_records(cfg.data, check, cfg.skip_bad)
         suites_dir = cfg.suites_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.data)), "suites")
-    elif rm_path and not use_graders:  # RLHF on the built-in preference questions (the RM's domain)
+    elif preference_rl:
         suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
         train_records = preference_world.preference_prompts("train", cfg.seed, cfg.n_prompts)
         report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
@@ -348,10 +279,11 @@ def main(argv=None):
         eval_records, _ = load_records(cfg.eval_data, check)
     elif cfg.data:
         eval_records = []
-    elif rm_path and not use_graders:
+    elif preference_rl:
         eval_records = preference_world.preference_prompts("eval")
     else:
         eval_records = world.rl_records(cfg.eval_prompts, "eval", cfg.seed, suites_dir, families)
+    reward_fn = reward_fn_for(use_graders, models, device, suites_dir)  # None: the graders alone
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
 
     # the training forwards may be compiled / autocast (GPU); sampling uses the eager model
