@@ -30,6 +30,7 @@ after an 'Answer:' line (math_grader) and small Python functions checked by hidd
 (roots answers that end in prose instead of an 'Answer:' line, off-by-one code, §3): RL with
 the graders is what cleans them up.
 """
+import contextlib
 import copy
 import dataclasses
 import os
@@ -39,7 +40,7 @@ import time
 import torch
 
 import train_sft
-from nanopost import preference_world, world
+from nanopost import dist, preference_world, world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, autocast, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records
@@ -120,11 +121,14 @@ def advantages_for(cfg, batch, mask, logprobs, ref_logprobs, baseline, values=No
         # push down every sample of the hard one, good or bad
         shaped = batch.rewards - cfg.beta * kl.sum(1)
         baseline, advantages = dict(baseline or {}), torch.zeros_like(shaped)
-        for key in sorted(set(tasks)):
+        every = [p for part in dist.all_gather(list(zip(tasks, shaped.tolist()))) for p in part]  # all ranks' rows
+        for key in sorted({t for t, _ in every}):
             rows = torch.tensor([t == key for t in tasks], device=shaped.device)
-            mean = float(shaped[rows].mean())
+            values = [r for t, r in every if t == key]
+            mean = sum(values) / len(values)
             b = baseline.get(key, mean)  # the running mean starts at the task's first batch mean
-            advantages[rows] = shaped[rows] - b
+            if rows.any():
+                advantages[rows] = shaped[rows] - b
             baseline[key] = cfg.baseline_decay * b + (1 - cfg.baseline_decay) * mean
         return advantages[:, None], None, baseline
     # ppo: -β·k1 per token, the score on the last real token
@@ -182,10 +186,10 @@ def train_dpo(cfg):
         optimizer.load_state_dict(state["optimizer_state"])
         set_rng_state(state["rng"])
 
-    def loss_fn(indices, n_total):
+    def loss_fn(model, indices, n_total):  # model: the policy, or its DDP wrapper under torchrun
         pairs = [train[i] for i in indices]
         batch = pair_batch(pairs, tok.pad_id, device)
-        logps = sequence_logprobs(policy, batch, average=ipo)  # (2P,)
+        logps = sequence_logprobs(model, batch, average=ipo)  # (2P,)
         chosen, rejected = logps[:len(pairs)], logps[len(pairs):]
         rows = torch.tensor(indices, device=device)
         losses = dpo_loss(chosen, rejected, ref_chosen[rows], ref_rejected[rows], cfg.beta, cfg.loss_type,
@@ -205,7 +209,7 @@ def train_dpo(cfg):
 
     policy.train()
     try:
-        history = train_pairs(list(policy.parameters()), optimizer, train, loss_fn, cfg, log,
+        history = train_pairs(policy, optimizer, train, loss_fn, cfg, log,
                               state["meta"]["step"] if cfg.resume else 0, save)
     except NonFiniteLoss as e:
         log.info(str(e))
@@ -287,7 +291,9 @@ def main(argv=None):
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
 
     # the training forwards may be compiled / autocast (GPU); sampling uses the eager model
-    train_policy = torch.compile(policy) if cfg.compile else policy
+    train_policy = dist.wrap(torch.compile(policy) if cfg.compile else policy)  # DDP under torchrun
+    train_critic = dist.wrap(critic) if critic else None
+    world_n = dist.world_size()
     params = list(policy.parameters()) + (list(critic.parameters()) if critic else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     step0, baseline = 0, None
@@ -295,7 +301,7 @@ def main(argv=None):
         optimizer.load_state_dict(start["optimizer_state"])
         set_rng_state(start["rng"])
         step0, baseline = start["meta"]["step"], start["extra"].get("baseline")
-    sampler_rng = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step0)
+    sampler_rng = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + step0 + 1_000_003 * dist.rank())
     log = RunLog(cfg.out, cfg.steps, step0, stage=f"rl/{cfg.algo}")
     log.info(f"{len(train_records)} training prompts, {len(eval_records)} held-out, init {init}, device {device}")
 
@@ -333,6 +339,7 @@ def main(argv=None):
         t0 = time.time()
         # 1. rollouts: G completions for each of this step's prompts
         records = [train_records[order[(step * cfg.prompts_per_step + i) % len(order)]] for i in range(cfg.prompts_per_step)]
+        records = dist.shard(records)  # under torchrun each process samples whole groups for its prompts
         batch = sample_rollouts(policy, tok, records, cfg.num_generations, cfg.max_completion_length, cfg.temperature,
                                 cfg.top_k or None, cfg.top_p, weights, suites_dir, sampler_rng, reward_fn)
         mask = batch.mask * (~batch.truncated).float()[:, None] if cfg.mask_truncated_completions else batch.mask
@@ -347,12 +354,17 @@ def main(argv=None):
         advantages, returns, baseline = advantages_for(cfg, batch, mask, batch.sampler_logprobs, ref_logprobs,
                                                        baseline, old_values, tasks)
         old_logprobs = torch.zeros_like(mask)  # π_old: filled by the first pass, before any update
-        # 3. the update: normalised by the whole step's sequences / tokens, so micro-batching is exact
-        n_seq, n_tok = B, float(mask.sum())
+        # 3. the update: normalised by the whole step's sequences / tokens (over every process), so
+        #    micro-batching is exact; × world_n because DDP averages the processes' gradients
+        n_seq, n_tok = dist.all_sum(B), dist.all_sum(float(mask.sum()))
+        starts = range(0, B, cfg.micro_batch_size)
         stats = {"kl": 0.0, "entropy": 0.0, "clip_ratio": 0.0, "value_loss": 0.0, "logprob_diff_max": 0.0}
         for iteration in range(cfg.num_iterations):
-            for lo in range(0, B, cfg.micro_batch_size):
+            for lo in starts:
                 rows = slice(lo, min(lo + cfg.micro_batch_size, B))
+                sync = contextlib.ExitStack()  # gradients are all-reduced on the last micro-batch only
+                for module in filter(None, (train_policy, train_critic)):
+                    sync.enter_context(dist.sync_grads(module, last=lo == starts[-1]))
                 m = mask[rows]
                 first = iteration == 0  # monitoring (entropy, kl, ...) on the first pass only
                 with autocast(device, cfg.dtype):
@@ -370,12 +382,13 @@ def main(argv=None):
                 loss = aggregate(per_token, m, cfg.loss_type, cfg.max_completion_length, n_seq, n_tok)
                 if critic is not None:
                     with autocast(device, cfg.dtype):
-                        values = completion_values(critic, batch, rows).float()
+                        values = completion_values(train_critic, batch, rows).float()
                     value_loss = aggregate(clipped_value_loss(values, old_values[rows], returns[rows], m,
                                                               cfg.cliprange_value), m, "dapo", num_tokens=n_tok)
                     loss = loss + cfg.vf_coef * value_loss
                     stats["value_loss"] += value_loss.item() / cfg.num_iterations
-                loss.backward()
+                with sync:
+                    (loss * world_n).backward()
                 if first:
                     with torch.no_grad():
                         if ref_logprobs is not None:
@@ -388,24 +401,30 @@ def main(argv=None):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         step_times.append(time.time() - t0)
+        stats = {k: dist.all_max(v) if k == "logprob_diff_max" else dist.all_sum(v) for k, v in stats.items()}
         kls.append(stats["kl"])
 
         # 4. metrics with the names practitioners know
-        groups = batch.rewards.view(-1, cfg.num_generations)
-        lengths = batch.mask.sum(1)
-        metrics = {"reward": batch.rewards.mean(), "reward_std": batch.rewards.std(),
+        everyone = dist.all_gather((batch.rewards.tolist(), batch.graded, batch.mask.sum(1).tolist(),
+                                    batch.truncated.tolist(), batch.new_tokens))  # the whole step, all processes
+        rewards = torch.tensor([r for part in everyone for r in part[0]])
+        graded = [g for part in everyone for g in part[1]]
+        lengths = torch.tensor([n for part in everyone for n in part[2]])
+        truncated = torch.tensor([t for part in everyone for t in part[3]], dtype=torch.float)
+        groups = rewards.view(-1, cfg.num_generations)
+        metrics = {"reward": rewards.mean(), "reward_std": rewards.std(),
                    "frac_reward_zero_std": (groups.std(dim=1) == 0).float().mean(),
-                   **{f"rewards/{name}/mean": sum(g[name] for g in batch.graded if name in g) /
-                      max(sum(name in g for g in batch.graded), 1)
-                      for name in sorted({n for g in batch.graded for n in g})},
-                   "clipped_ratio": batch.truncated.float().mean(), "completion_length": lengths.mean(),
+                   **{f"rewards/{name}/mean": sum(g[name] for g in graded if name in g) /
+                      max(sum(name in g for g in graded), 1)
+                      for name in sorted({n for g in graded for n in g})},
+                   "clipped_ratio": truncated.mean(), "completion_length": lengths.mean(),
                    "completion_length_max": lengths.max(), **stats, "grad_norm": float(grad_norm),
-                   "rollout_tokens_per_s": batch.new_tokens / max(batch.sample_s, 1e-9),
+                   "rollout_tokens_per_s": sum(p[4] for p in everyone) / max(dist.all_max(batch.sample_s), 1e-9),
                    "sample_s": batch.sample_s, "grade_s": batch.grade_s, "step_s": step_times[-1]}
         if critic is not None:
             valid = mask.bool()
             residual = (returns - old_values)[valid]
-            metrics["explained_variance"] = 1 - residual.var() / returns[valid].var().clamp(min=1e-8)
+            metrics["explained_variance"] = dist.all_mean(float(1 - residual.var() / returns[valid].var().clamp(min=1e-8)))
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             acc = evaluate(f"at step {step + 1}")
             metrics["heldout_accuracy"] = acc["all"]

@@ -95,10 +95,10 @@ def main(argv=None):
         set_rng_state(state["rng"])
         start_step = state["meta"]["step"]
 
-    def loss_fn(indices, n_total):
+    def loss_fn(model, indices, n_total):  # model: rm, or its DDP wrapper under torchrun
         pairs = [train[i] for i in indices]
         batch = pair_batch(pairs, tok.pad_id, device)
-        rewards = last_token_rewards(rm, batch["idx"], batch["lengths"]).float()  # (2P,)
+        rewards = last_token_rewards(model, batch["idx"], batch["lengths"]).float()  # (2P,)
         r_c, r_r = rewards[:len(pairs)], rewards[len(pairs):]
         losses = bradley_terry_loss(r_c, r_r, batch["margin"] if cfg.use_margin else None)
         losses = losses + cfg.center_rewards_coefficient * (r_c + r_r) ** 2
@@ -111,7 +111,7 @@ def main(argv=None):
 
     rm.train()
     try:
-        train_pairs(list(rm.parameters()), optimizer, train, loss_fn, cfg, log, start_step, save)
+        train_pairs(rm, optimizer, train, loss_fn, cfg, log, start_step, save)
     except NonFiniteLoss as e:
         log.info(str(e))
         sys.exit(1)

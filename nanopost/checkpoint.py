@@ -22,17 +22,27 @@ import tempfile
 
 import torch
 
+from nanopost import dist
 from nanopost.hf import load_hf_gpt2, resize_token_embeddings
 from nanopost.model import GPT, GPTConfig
 from nanopost.tokenizer import Tokenizer
 
 
 def save_checkpoint(path, model, tok, step, config, stage, optimizer=None, rng=None, extra=None):
+    """Atomic: written to a temporary folder, then renamed over `path`. Under torchrun every rank
+    calls it, rank 0 writes, and all wait until the checkpoint is there."""
+    if dist.is_main():
+        _write_checkpoint(path, model, tok, step, config, stage, optimizer, rng, extra)
+    dist.barrier()
+
+
+def _write_checkpoint(path, model, tok, step, config, stage, optimizer, rng, extra):
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".ckpt-tmp-")
-    raw = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    raw = getattr(model, "module", model)  # unwrap DDP
+    raw = getattr(raw, "_orig_mod", raw)  # unwrap torch.compile
     torch.save(raw.state_dict(), os.path.join(tmp, "model.pt"))
     meta = {"stage": stage, "step": step, "model": raw.config.to_dict(), "run": config}
     with open(os.path.join(tmp, "config.json"), "w") as f:

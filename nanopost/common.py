@@ -15,6 +15,8 @@ import typing
 import numpy as np
 import torch
 
+from nanopost import dist
+
 
 def flag(default, help, group="run"):
     """A config field with its --help text and the group it is listed under."""
@@ -57,13 +59,16 @@ def parse_config(cls, argv=None, description=None):
 
 
 def pick_device(name="auto"):
+    """The device to train on; under torchrun this also joins the process group (nanopost/dist.py)."""
     if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        device = torch.device(name)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    return dist.setup(device)
 
 
 def autocast(device, dtype):
@@ -98,6 +103,9 @@ class RunLog:
     def __init__(self, out, total_steps, start_step=0, stage=""):
         self.out, self.total, self.stage = out, total_steps, stage
         self.t0, self.start = time.time(), start_step
+        self.main = dist.is_main()  # under torchrun only rank 0 writes and prints
+        if not self.main:
+            return
         os.makedirs(out, exist_ok=True)
         self.path = os.path.join(out, "metrics.jsonl")
         if start_step == 0 and os.path.exists(self.path):
@@ -105,6 +113,8 @@ class RunLog:
 
     def log(self, step, **metrics):
         """step counts completed steps (1..total)."""
+        if not self.main:
+            return
         elapsed = time.time() - self.t0
         done = max(step - self.start, 1)
         eta = elapsed / done * (self.total - step)
@@ -116,10 +126,13 @@ class RunLog:
         print(f"[{self.stage}] step {step}/{self.total} | {shown} | eta {eta:.0f}s", file=sys.stderr, flush=True)
 
     def info(self, message):
-        print(f"[{self.stage}] {message}", file=sys.stderr, flush=True)
+        if self.main:
+            print(f"[{self.stage}] {message}", file=sys.stderr, flush=True)
 
     def finish(self, summary):
         summary = {k: _plain(v) for k, v in summary.items()}
+        if not self.main:
+            return summary
         with open(os.path.join(self.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         print(json.dumps(summary), flush=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 
 @dataclass
@@ -93,7 +94,11 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, H, T_past + T, D)
         dropout_p = self.dropout if self.training else 0.0
-        if attn_mask is None:
+        if isinstance(attn_mask, BlockMask):  # packed rows on a GPU: no (T × T) mask in memory
+            if dropout_p:
+                raise ValueError("flex attention has no attention dropout: train with --attention sdpa or dropout 0")
+            y = _flex(q, k, v, attn_mask)
+        elif attn_mask is None:
             # plain causal; with a cache only valid for the first (prefill) call, which generate() never
             # makes without a mask
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
@@ -159,7 +164,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, pos=None, attn_mask=None, kv_cache=None, return_hidden=False):
         """idx (B, T) token ids; pos (B, T) positions (default 0..T-1, shifted by the cache);
-        attn_mask (B, 1, T, T_keys) bool, True = may attend (default: causal).
+        attn_mask (B, 1, T, T_keys) bool, True = may attend (default: causal), or a flex-attention
+        BlockMask (document_block_mask).
         Returns logits (B, T, V), or the final hidden states (B, T, C) for the reward/value heads."""
         B, T = idx.shape
         if pos is None:
@@ -216,6 +222,55 @@ def document_mask(doc_ids):
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     same_doc = doc_ids.unsqueeze(2) == doc_ids.unsqueeze(1)  # (B, T, T)
     return (same_doc & causal).unsqueeze(1)
+
+
+def document_block_mask(doc_ids):
+    """The same mask as document_mask, as a flex-attention BlockMask: attention is computed only in
+    the (128 x 128) tiles that hold a visible pair, and no (B, T, T) tensor is made. GPU fast path."""
+    B, T = doc_ids.shape
+
+    def same_doc_causal(b, h, q, kv):
+        return (doc_ids[b, q] == doc_ids[b, kv]) & (kv <= q)
+
+    return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device)
+
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, block_mask):
+    """flex_attention, compiled into a fused kernel on GPU (eager elsewhere: correct, not fast)."""
+    global _compiled_flex
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+PEAK_FLOPS = {  # dense peak per GPU, FLOP/s: {dtype: peak}; the first name found in the device name wins
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 51e12},
+    "H100": {"bfloat16": 989e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "L4": {"bfloat16": 121e12, "float32": 30.3e12},
+    "4090": {"bfloat16": 165e12, "float32": 82.6e12},
+}
+
+
+def peak_flops(device, dtype="float32"):
+    """The device's dense peak FLOP/s for dtype, from PEAK_FLOPS; 0 when unknown (every CPU)."""
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((peaks.get(dtype, 0.0) for key, peaks in PEAK_FLOPS.items() if key in name), 0.0)
+
+
+def estimate_mfu(model, tokens_per_s, seq_len, device, dtype="float32"):
+    """Model FLOPs utilisation: flops_per_token(seq_len) x tokens/s / the device's peak; 0 when
+    the peak is unknown. tokens_per_s is per device."""
+    peak = peak_flops(device, dtype)
+    return model.flops_per_token(seq_len) * tokens_per_s / peak if peak else 0.0
 
 
 # ----------------------------------------------------------------------------------------------

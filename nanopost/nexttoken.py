@@ -6,7 +6,8 @@ train_sft.py (only assistant tokens are, §5). One optimiser step:
     loss  = Σ_micro Σ_t masked_nll_t / N          (§5; a micro-batch never normalises alone)
 
 so gradient accumulation gives the gradient of one big batch, and a step whose every target is
-masked gives loss 0, not NaN. Batches are a pure function of (seed, epoch): a run resumed at step
+masked gives loss 0, not NaN. Under torchrun a step is grad_accum x world micro-batches, shared out
+by nanopost.dist (N is then all-reduced first), so the result does not depend on the process count. Batches are a pure function of (seed, epoch): a run resumed at step
 s sees exactly the batches the uninterrupted run would have seen.
 """
 import dataclasses
@@ -15,10 +16,11 @@ import time
 
 import torch
 
+from nanopost import dist
 from nanopost.batching import make_batches
 from nanopost.common import RunConfig, autocast, flag
 from nanopost.losses import masked_nll, mean_over_tokens
-from nanopost.model import document_mask
+from nanopost.model import document_block_mask, document_mask, estimate_mfu
 
 
 @dataclasses.dataclass
@@ -30,6 +32,8 @@ class NextTokenConfig(RunConfig):
     warmup: int = flag(10, "warm-up steps", "optimisation")
     weight_decay: float = flag(0.0, "AdamW weight decay on matrices", "optimisation")
     grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
+    attention: str = flag("auto", "packed rows: sdpa (a (T, T) mask per row) | flex (a block mask, GPU) | auto "
+                                  "(flex on cuda when the model has no dropout)", "optimisation")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -59,9 +63,19 @@ class EpochBatches:
         return self.batches[i % self.per_epoch]
 
 
-def forward_nll(model, batch, device, dtype="float32"):
-    """Per-token NLL (B, T) of one batch; packed rows get the block-diagonal document mask."""
-    attn_mask = document_mask(batch["doc_ids"].to(device)) if batch["doc_ids"] is not None else None
+def use_flex(attention, model, device):
+    if attention not in ("auto", "sdpa", "flex"):
+        raise ValueError(f"unknown --attention {attention!r}; use auto, sdpa or flex")
+    if attention == "flex" and device.type != "cuda":
+        raise ValueError("--attention flex trains on CUDA only (PyTorch has no flex-attention backward on CPU)")
+    return attention == "flex" or (attention == "auto" and device.type == "cuda" and model.config.dropout == 0)
+
+
+def forward_nll(model, batch, device, dtype="float32", flex=False):
+    """Per-token NLL (B, T) of one batch; packed rows get the block-diagonal document mask (as a
+    flex-attention block mask when flex)."""
+    doc_ids = batch["doc_ids"].to(device) if batch["doc_ids"] is not None else None
+    attn_mask = None if doc_ids is None else document_block_mask(doc_ids) if flex else document_mask(doc_ids)
     with autocast(device, dtype):
         logits = model(batch["idx"].to(device), pos=batch["pos"].to(device), attn_mask=attn_mask)
     return masked_nll(logits, batch["targets"].to(device), batch["loss_mask"].to(device))
@@ -71,6 +85,9 @@ def train_steps(model, optimizer, batches, cfg, device, log, start_step=0, save=
     """Run optimiser steps start_step..cfg.steps-1. cfg needs: steps, lr, warmup, grad_accum,
     grad_clip, log_every, save_every, dtype. save(step) writes a checkpoint. Returns stats."""
     model.train()
+    ddp_model, world = dist.wrap(model), dist.world_size()
+    raw = getattr(model, "_orig_mod", model)  # the GPT under torch.compile
+    flex = use_flex(cfg.attention, raw, device)
     real_tokens = target_tokens = 0
     train_time, losses = 0.0, []
     for step in range(start_step, cfg.steps):
@@ -78,14 +95,18 @@ def train_steps(model, optimizer, batches, cfg, device, log, start_step=0, save=
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro = [batches[step * cfg.grad_accum + j] for j in range(cfg.grad_accum)]
-        n_targets = sum(float(b["loss_mask"].sum()) for b in micro)
+        per_step = cfg.grad_accum * world  # micro-batches in the step, over all processes
+        micro = [batches[i] for i in dist.shard(range(step * per_step, (step + 1) * per_step))]
+        n_targets = dist.all_sum(sum(float(b["loss_mask"].sum()) for b in micro))
         loss_value = 0.0
-        for batch in micro:
-            nll = forward_nll(model, batch, device, cfg.dtype)
-            loss = mean_over_tokens(nll, batch["loss_mask"].to(device), n_targets)
-            loss.backward()
-            loss_value += loss.item()
+        for j, batch in enumerate(micro):
+            with dist.sync_grads(ddp_model, last=j == len(micro) - 1):
+                nll = forward_nll(ddp_model, batch, device, cfg.dtype, flex)
+                # × world: DDP averages the gradients of the ranks, the step wants their sum
+                loss = mean_over_tokens(nll, batch["loss_mask"].to(device), n_targets) * world
+                loss.backward()
+            loss_value += loss.item() / world
+        loss_value = dist.all_sum(loss_value)
         if not math.isfinite(loss_value):
             optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; stopping without saving "
@@ -97,13 +118,14 @@ def train_steps(model, optimizer, batches, cfg, device, log, start_step=0, save=
             torch.cuda.synchronize()
         dt = time.time() - t0
         train_time += dt
-        step_real = sum(b["n_real"] for b in micro)
+        step_real = dist.all_sum(sum(b["n_real"] for b in micro))
         real_tokens += step_real
         target_tokens += n_targets
         losses.append(loss_value)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            mfu = estimate_mfu(raw, step_real / dt / world, micro[0]["idx"].size(1), device, cfg.dtype)
             log.log(step + 1, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=step_real / dt,
-                    target_tokens=n_targets)
+                    mfu=mfu, target_tokens=n_targets)
         if save is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             save(step + 1)
     return {"losses": losses, "real_tokens": real_tokens, "target_tokens": target_tokens,

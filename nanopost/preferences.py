@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanopost import preference_world
+from nanopost import dist, preference_world
 from nanopost.checkpoint import load_checkpoint
 from nanopost.common import RunConfig, flag
 from nanopost.data import load_records, read_jsonl, write_jsonl
@@ -142,10 +142,14 @@ def batch_indices(n, batch_size, step, seed):
     return out
 
 
-def train_pairs(params, optimizer, pairs, loss_fn, cfg, log, start_step=0, save=None):
+def train_pairs(model, optimizer, pairs, loss_fn, cfg, log, start_step=0, save=None):
     """The loop train_rm.py and DPO share: step s takes cfg.batch_size pairs (batch_indices), in
-    micro-batches of cfg.micro_batch_size; loss_fn(indices, n_total) returns (loss summed over the
-    micro-batch's pairs / n_total, {metric: sum over its pairs}). Metrics are logged as means per pair."""
+    micro-batches of cfg.micro_batch_size; loss_fn(model, indices, n_total) returns (loss summed over
+    the micro-batch's pairs / n_total, {metric: sum over its pairs}). Metrics are logged as means per
+    pair. Under torchrun each process takes its share of the step's pairs (nanopost/dist.py) and
+    `model` is wrapped in DDP."""
+    ddp_model, world = dist.wrap(model), dist.world_size()
+    params = list(model.parameters())
     history = []
     for step in range(start_step, cfg.steps):
         t0 = time.time()
@@ -153,21 +157,25 @@ def train_pairs(params, optimizer, pairs, loss_fn, cfg, log, start_step=0, save=
         for group in optimizer.param_groups:
             group["lr"] = lr
         chosen = batch_indices(len(pairs), cfg.batch_size, step, cfg.seed)
+        mine = dist.shard(chosen)
         totals, loss_value = {}, 0.0
-        for lo in range(0, len(chosen), cfg.micro_batch_size):
-            loss, sums = loss_fn(chosen[lo:lo + cfg.micro_batch_size], len(chosen))
-            loss.backward()
+        starts = range(0, len(mine), cfg.micro_batch_size)
+        for lo in starts:
+            with dist.sync_grads(ddp_model, last=lo == starts[-1]):
+                loss, sums = loss_fn(ddp_model, mine[lo:lo + cfg.micro_batch_size], len(chosen))
+                (loss * world).backward()  # × world: DDP averages the ranks' gradients, the step wants their sum
             loss_value += loss.item()
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+        loss_value = dist.all_sum(loss_value)
         if not math.isfinite(loss_value):
             optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; stopping without saving")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        metrics = {"loss": loss_value, **{k: v / len(chosen) for k, v in totals.items()}, "lr": lr,
-                   "grad_norm": float(grad_norm), "pairs_per_s": len(chosen) / (time.time() - t0)}
+        metrics = {"loss": loss_value, **{k: dist.all_sum(v) / len(chosen) for k, v in sorted(totals.items())},
+                   "lr": lr, "grad_norm": float(grad_norm), "pairs_per_s": len(chosen) / (time.time() - t0)}
         history.append({"step": step + 1, **metrics})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             log.log(step + 1, **metrics)

@@ -249,3 +249,38 @@ def test_packed_rows_positions_doc_ids_example_index(examples):
             assert all(int(b["idx"][r, j]) == PAD for j in range(n_real, ROW_LEN))
             assert float(b["loss_mask"][r, n_real:].sum()) == 0.0
     assert n_docs_seen == len(examples)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_block_mask_matches_the_dense_document_mask(model, examples):
+    """The GPU fast path for packed rows (a flex-attention BlockMask, no (T, T) mask per row) gives
+    the same per-token losses as the reference path (SDPA with the dense block-diagonal mask).
+    On CPU flex attention runs eagerly and forward only; the gradients are compared on a GPU."""
+    device = torch.device("cuda") if torch.cuda.is_available() else CPU
+    m = model.to(device)
+    batch = make_batches(examples, "pack", 4, ROW_LEN, PAD, seed=0)[0]
+    assert batch["doc_ids"] is not None and int(batch["doc_ids"][0].max()) > 0  # several documents in a row
+    with torch.set_grad_enabled(device.type == "cuda"):
+        dense = forward_nll(m, batch, device, flex=False)
+        flex = forward_nll(m, batch, device, flex=True)
+    torch.testing.assert_close(flex, dense, rtol=1e-4, atol=1e-5)
+    if device.type == "cuda":
+        g_dense = torch.autograd.grad(dense.sum(), list(m.parameters()))
+        g_flex = torch.autograd.grad(flex.sum(), list(m.parameters()))
+        for a, b in zip(g_flex, g_dense):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    model.to(CPU)
+
+
+def test_attention_choice():
+    from nanopost.nexttoken import use_flex
+    gpt = GPT(GPTConfig(block_size=8, vocab_size=V, n_layer=1, n_head=1, n_embd=8, dropout=0.0))
+    cuda = torch.device("cuda")
+    assert not use_flex("auto", gpt, CPU) and not use_flex("sdpa", gpt, cuda)
+    assert use_flex("auto", gpt, cuda) and use_flex("flex", gpt, cuda)
+    gpt.config.dropout = 0.1  # flex attention has no dropout: auto falls back to SDPA
+    assert not use_flex("auto", gpt, cuda)
+    with pytest.raises(ValueError, match="attention"):
+        use_flex("fast", gpt, CPU)
+    with pytest.raises(ValueError, match="CUDA"):
+        use_flex("flex", gpt, CPU)  # no flex-attention backward on CPU
