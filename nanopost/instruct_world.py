@@ -167,3 +167,17 @@ def instruct_sft_records(n, seed=0, label_noise=0.5):
                           {"role": "assistant", "content": t["noisy_answer"] if rng.random() < label_noise else t["answer"]}],
              "family": "instruct"}
             for t in _items(n, "train", seed, unique=False)]
+
+
+def rl_family_records(n, split, seed, suites_dir, names):
+    """The built-in §8 prompts of the named families (world.SFT_FAMILIES and "instruct"), for
+    train_rl.py --families. "instruct" gets its 1/len(names) share of n, as world.sample_tasks
+    draws families uniformly; without it this is world.rl_records unchanged."""
+    from nanopost.world import SFT_FAMILIES, rl_records
+    unknown = [name for name in names if name != "instruct" and name not in SFT_FAMILIES]
+    if unknown or not names:
+        raise ValueError(f"unknown family {unknown[0] if unknown else ''!r}; use {', '.join([*SFT_FAMILIES, 'instruct'])}")
+    families = {name: SFT_FAMILIES[name] for name in names if name != "instruct"}
+    n_instruct = round(n / len(names)) if "instruct" in names else 0
+    records = rl_records(n - n_instruct, split, seed, suites_dir, families) if families else []
+    return records + instruct_records(n_instruct, split, seed)

@@ -85,3 +85,50 @@ def test_sft_records_carry_label_noise():
     assert 150 <= ignored <= 250  # about half; each such label fails exactly one item (test above)
     assert all(r["family"] == "instruct" for r in noisy)
     json.dumps(noisy)  # plain JSON, writable as §3 JSONL
+
+
+def test_rl_family_records():
+    from nanopost.instruct_world import rl_family_records
+    only = rl_family_records(10, "eval", 0, None, ["instruct"])
+    assert only == instruct_records(10, "eval", 0)
+    assert rl_family_records(12, "train", 0, None, ["roots"]) == world.rl_records(12, "train", 0, None, {"roots": world.roots})
+    mixed = rl_family_records(12, "train", 0, None, ["roots", "instruct"])
+    assert [r["family"] for r in mixed] == ["roots"] * 6 + ["instruct"] * 6
+    with pytest.raises(ValueError, match="unknown family 'poetry'"):
+        rl_family_records(4, "train", 0, None, ["poetry"])
+
+
+def test_sft_share_and_grpo_on_the_family(tmp_path):
+    """Smoke: SFT with --instruct_share (the default data comes first, unchanged), then GRPO with
+    --families instruct: the rubric is the reward, each item is logged as rewards/rubric/<item>/mean
+    and never added to the reward again, and both IFEval accuracies are reported."""
+    import train_base
+    import train_rl
+    import train_sft
+    from nanopost.data import read_jsonl, write_jsonl
+    train_base.main(["--out", str(tmp_path / "base"), "--steps", "2", "--n_docs", "200", "--batch_size", "4",
+                     "--model", "tiny", "--log_every", "10"])
+    train_sft.main(["--init", str(tmp_path / "base" / "ckpt"), "--out", str(tmp_path / "sft"), "--steps", "2",
+                    "--n_train", "40", "--instruct_share", "0.5", "--eval_per_family", "1", "--batch_size", "4",
+                    "--log_every", "10"])
+    written = [r for _, r in read_jsonl(str(tmp_path / "sft" / "sft.jsonl"))]
+    write_jsonl(str(tmp_path / "default.jsonl"), world.sft_records(40, 0))
+    assert written[:40] == [r for _, r in read_jsonl(str(tmp_path / "default.jsonl"))]
+    assert len(written) == 60 and all(r["family"] == "instruct" for r in written[40:])
+
+    out = tmp_path / "rl"
+    summary = train_rl.main(["--init", str(tmp_path / "sft" / "ckpt"), "--out", str(out), "--device", "cpu",
+                             "--algo", "grpo", "--families", "instruct", "--steps", "2", "--n_prompts", "16",
+                             "--eval_prompts", "6", "--prompts_per_step", "2", "--num_generations", "4",
+                             "--max_completion_length", "8", "--eval_every", "0", "--log_every", "1"])
+    for key in ("instruction_accuracy_before", "instruction_accuracy_after", "accuracy_before", "accuracy_after"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["accuracy_by_family_after"].keys() == {"instruct"}
+    assert any(k.startswith("rubric/") for k in summary["accuracy_by_grader_after"])
+    with open(out / "metrics.jsonl") as f:
+        metrics = [json.loads(line) for line in f]
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        items = [k for k in m if k.startswith("rewards/rubric/") and k != "rewards/rubric/mean"]
+        assert items and all(0.0 <= m[k] <= 1.0 for k in items)
+        assert m["reward"] == pytest.approx(m["rewards/rubric/mean"], abs=1e-6)  # the items are not added again
