@@ -40,11 +40,12 @@ import time
 import torch
 
 import train_sft
-from nanopost import dist, preference_world, world
+from nanopost import dist, preference_world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, autocast, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records
 from nanopost.evaluate import verifiable_accuracy
+from nanopost.instruct_world import rl_family_records
 from nanopost.losses import (DPO_LOSS_TYPES, aggregate, clipped_surrogate, clipped_value_loss, dpo_loss, dpo_rewards, gae,
                              grpo_advantages, kl_estimate, rloo_advantages, whiten)
 from nanopost.model import ScalarModel
@@ -62,7 +63,8 @@ class RLConfig(PreferenceConfig):
     # data
     reward: str = flag("graders", "reward sources, comma-separated: graders, rm:CKPT (see nanopost/rewards.py)",
                        "data")
-    families: str = flag("roots,code", "built-in task families to train on (comma-separated)", "data")
+    families: str = flag("roots,code", "built-in task families to train on (comma-separated; instruct: "
+                                       "IFEval-style instructions with the rubric reward)", "data")
     n_prompts: int = flag(4000, "built-in training prompts", "data")
     eval_prompts: int = flag(200, "built-in held-out prompts (at most; distinct prompts only)", "data")
     eval_data: str = flag("", "held-out JSONL: §8 prompts, or §7 pairs for dpo (default: the built-in split)", "data")
@@ -276,8 +278,8 @@ def main(argv=None):
         report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
     else:
         suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
-        families = {name: world.SFT_FAMILIES[name] for name in cfg.families.split(",")}
-        train_records = world.rl_records(cfg.n_prompts, "train", cfg.seed, suites_dir, families)
+        families = cfg.families.split(",")
+        train_records = rl_family_records(cfg.n_prompts, "train", cfg.seed, suites_dir, families)
         report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
     if cfg.eval_data:
         eval_records, _ = load_records(cfg.eval_data, check)
@@ -286,7 +288,7 @@ def main(argv=None):
     elif preference_rl:
         eval_records = preference_world.preference_prompts("eval")
     else:
-        eval_records = world.rl_records(cfg.eval_prompts, "eval", cfg.seed, suites_dir, families)
+        eval_records = rl_family_records(cfg.eval_prompts, "eval", cfg.seed, suites_dir, families)
     reward_fn = reward_fn_for(use_graders, models, device, suites_dir)  # None: the graders alone
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
 
@@ -446,6 +448,8 @@ def main(argv=None):
                       "kl_last10": sum(kls[-10:]) / max(len(kls[-10:]), 1)}
     return log.finish({"stage": "rl", "algo": cfg.algo, "reward": cfg.reward, "steps": cfg.steps, **preference,
                        "accuracy_before": before["all"], "accuracy_after": after["all"],
+                       "instruction_accuracy_before": before.get("instruction_level"),
+                       "instruction_accuracy_after": after.get("instruction_level"),
                        "accuracy_by_grader_before": before["by_grader"], "accuracy_by_grader_after": after["by_grader"],
                        "accuracy_by_family_before": before["by_family"], "accuracy_by_family_after": after["by_family"],
                        "heldout_curve": curve, "data": report, "wall_s": time.time() - t_start,

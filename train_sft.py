@@ -4,6 +4,7 @@ Supervised fine-tuning (§3-§5): teach a base model to answer instead of contin
     python train_sft.py                         # bootstraps the base model if needed; ~3 min on 2 CPU cores
     python train_sft.py --batching pad          # pad | bucket | pack (default)
     python train_sft.py --init runs/base/ckpt --data my_sft.jsonl --out runs/my_sft
+    python train_sft.py --instruct_share 0.25   # + IFEval-style instruction following (§6 rubric family)
 
 Data: §3 JSONL, one {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
 per line (optional "family" for per-family reports). render_conversation() decides the trained
@@ -25,6 +26,7 @@ from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpo
 from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_sft, read_jsonl, write_jsonl
 from nanopost.evaluate import direct_answer_rate, heldout_accuracy
+from nanopost.instruct_world import instruct_sft_records
 from nanopost.nexttoken import EpochBatches, NextTokenConfig, NonFiniteLoss, padding_efficiency, train_steps
 
 
@@ -42,6 +44,10 @@ class SFTConfig(NextTokenConfig):
                                "preference training removes, §7)", "data")
     judge_share: float = flag(0.0, "built-in data: judging conversations per conversation (teaches the AI judge, §6)",
                               "data")
+    instruct_share: float = flag(0.0, "built-in data: instruction-following conversations per conversation (the "
+                                      "IFEval-style family of nanopost/instruct_world.py; off by default)", "data")
+    instruct_noise: float = flag(0.5, "built-in data: share of instruction-following labels that ignore one "
+                                      "instruction (§3)", "data")
     lr: float = flag(3e-4, "peak learning rate", "optimisation")
 
 
@@ -62,8 +68,11 @@ def main(argv=None):
     # data: the user's file, or the built-in world written out so it can be read and edited
     data_path = cfg.data or os.path.join(cfg.out, "sft.jsonl")
     if not cfg.data:
-        write_jsonl(data_path, preference_world.with_judging(world.sft_records(cfg.n_train, cfg.seed, padding=cfg.padding),
-                                                               cfg.judge_share, cfg.seed))
+        records = preference_world.with_judging(world.sft_records(cfg.n_train, cfg.seed, padding=cfg.padding),
+                                                cfg.judge_share, cfg.seed)
+        if cfg.instruct_share > 0:  # opt-in: the default data stays byte-identical
+            records += instruct_sft_records(int(cfg.instruct_share * cfg.n_train), cfg.seed, cfg.instruct_noise)
+        write_jsonl(data_path, records)
     examples, report = load_sft(data_path, tok, max_len=row_len + 1, skip_bad=cfg.skip_bad)
     if cfg.replay > 0:
         examples += train_base.corpus_examples(world.base_corpus(int(cfg.replay * len(examples)), cfg.seed + 1), tok, row_len)

@@ -89,8 +89,10 @@ def heldout_accuracy(model, tok, records, max_new_tokens=48):
 
 def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48):
     """§8 records (prompt messages + grader metadata) -> greedy replies graded by their graders.
-    A reply counts as correct when every grader that applies gives it full marks.
-    Returns ({'all': acc, 'by_grader': {...}, 'by_family': {...}}, replies)."""
+    A reply counts as correct when every grader that applies gives it full marks (for a rubric:
+    every item passes, IFEval's prompt-level accuracy). 'instruction_level' is the share of all
+    rubric items ("rubric/<item>" entries) that pass, None without any.
+    Returns ({'all': acc, 'by_grader': {...}, 'by_family': {...}, 'instruction_level': ...}, replies)."""
     replies = chat_complete(model, tok, [r["prompt"] for r in records], max_new_tokens)
     graded = grade_many(replies, [r["metadata"] for r in records], suites_dir=suites_dir)
     by_grader, by_family, correct = {}, {}, []
@@ -101,5 +103,7 @@ def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48)
             by_grader.setdefault(name, []).append(float(v >= 1.0))
         by_family.setdefault(record.get("family", "all"), []).append(ok)
     mean = lambda xs: sum(xs) / max(len(xs), 1)
+    items = [float(v >= 1.0) for scores in graded for name, v in scores.items() if "/" in name]
     return {"all": mean(correct), "by_grader": {k: mean(v) for k, v in sorted(by_grader.items())},
-            "by_family": {k: mean(v) for k, v in sorted(by_family.items())}}, replies
+            "by_family": {k: mean(v) for k, v in sorted(by_family.items())},
+            "instruction_level": mean(items) if items else None}, replies

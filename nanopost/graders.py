@@ -20,7 +20,8 @@ math_grader -- the final answer is the last line starting "Answer:" (or "Final a
 code_grader -- fraction of a suite's tests (public + hidden) passed by the completion's code, run
     in nanopost.sandbox. Values compare with exact types (True != 1, 1 != 1.0, tuples arrive as
     lists); floats within FLOAT_REL_TOL / FLOAT_ABS_TOL (summation-order noise); NaN matches NaN.
-format_grader -- fraction of simple checks that hold; rubric_grader -- weighted checks.
+format_grader -- fraction of simple checks that hold ({"uppercase": true, "max_words": 3}).
+rubric (rubric_grader) -- a §6 rubric of named, weighted checks, scored by nanopost/rubric.py.
 """
 import hashlib
 import json
@@ -32,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
+from nanopost.rubric import score as rubric_score
 from nanopost.sandbox import run_untrusted
 
 # ----------------------------------------------------------------------------- math
@@ -263,44 +265,30 @@ def format_grader(completion: str, spec: dict) -> float:
     return sum(bool(FORMAT_CHECKS[name][1](completion, value)) for name, value in spec.items()) / len(spec)
 
 
-def _score_item(completion: str, item: dict) -> float:
-    """One rubric item -> [0, 1]. Today every item is rule-based ({"check": <format spec>});
-    another kind of item (say, judge-scored) is another branch here."""
-    if "check" in item:
-        return format_grader(completion, item["check"])
-    raise ValueError(f"rubric item {item.get('name')!r} has no 'check'")
-
-
-def rubric_items(completion: str, rubric: list[dict]) -> dict[str, float]:
-    """{item name: score in [0, 1]} for a rubric [{"name", "check", "weight"}, ...]."""
-    if not isinstance(rubric, list) or not rubric:
-        raise ValueError("rubric must be a non-empty list of items")
-    scores = {}
-    for item in rubric:
-        name = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(name, str) or name in scores:
-            raise ValueError(f"rubric items need unique str names, got {item!r}")
-        scores[name] = _score_item(completion, item)
-    return scores
+def rubric_results(completion: str, rubric: list[dict], aggregate: str = "mean") -> tuple[float, dict[str, float]]:
+    """(reward, {item name: result}) of a §6 rubric, scored by nanopost.rubric (the one rubric
+    implementation): weighted mean (default, in [0, 1]) or weighted sum of the items' results.
+    Judge items need a judge callable, so they are scored from Python only:
+    nanopost.rubric.rubric_reward_fn(rubric, aggregate, judge=...)."""
+    for item in rubric if isinstance(rubric, list) else []:
+        if isinstance(item, dict) and item.get("check") == "judge":
+            raise ValueError(f"rubric item {item.get('name')!r} is judge-scored: the graders have no judge; "
+                             "score it from Python with nanopost.rubric.rubric_reward_fn(rubric, judge=...)")
+    return rubric_score(rubric, completion, aggregate=aggregate)
 
 
 def rubric_grader(completion: str, rubric: list[dict], aggregate: str = "mean") -> float:
-    """sum(w_i * s_i) / sum(w_i) ("mean") or sum(w_i * s_i) ("sum"); weights default to 1."""
-    if aggregate not in ("mean", "sum"):
-        raise ValueError(f"aggregate must be 'mean' or 'sum', got {aggregate!r}")
-    scores = rubric_items(completion, rubric)
-    weights = [item.get("weight", 1.0) for item in rubric]
-    if not all(type(w) in (int, float) and 0 <= w < math.inf for w in weights) or not sum(weights):
-        raise ValueError(f"rubric weights must be finite numbers >= 0, not all 0: {weights}")
-    total = sum(w * s for w, s in zip(weights, scores.values()))
-    return float(total) if aggregate == "sum" else total / sum(weights)
+    """The rubric's reward alone. Through grade()/grade_many() a record {"scorer": "rubric",
+    "rubric": [...], "rubric_aggregate": "sum"|"mean"} also reports each item as "rubric/<name>"."""
+    return rubric_results(completion, rubric, aggregate)[0]
+
 
 # ----------------------------------------------------------------------------- registry
 
 GRADERS = {"math_grader": math_grader, "code_grader": code_grader,
-           "format_grader": format_grader, "rubric_grader": rubric_grader}
+           "format_grader": format_grader, "rubric": rubric_grader}
 _REFERENCE_KEY = {"math_grader": "ground_truth", "code_grader": "suite",
-                  "format_grader": "format", "rubric_grader": "rubric"}
+                  "format_grader": "format", "rubric": "rubric"}
 
 
 def _scorers(metadata: dict) -> list[str]:
@@ -316,23 +304,28 @@ def _scorers(metadata: dict) -> list[str]:
     return names
 
 
-def _grade_one(name: str, completion: str, metadata: dict, suites_dir) -> float:
+def _grade_one(name: str, completion: str, metadata: dict, suites_dir) -> dict[str, float]:
+    """{name: reward}; the rubric grader adds {"rubric/<item>": item result} (logged, not rewarded)."""
     reference = metadata[_REFERENCE_KEY[name]]
+    if name == "rubric":
+        reward, items = rubric_results(completion, reference, metadata.get("rubric_aggregate", "mean"))
+        return {name: reward, **{f"{name}/{item}": result for item, result in items.items()}}
     options = {"math_grader": {"ordered": metadata.get("ordered", True)},
                "code_grader": {"suites_dir": suites_dir}}.get(name, {})
-    return GRADERS[name](completion, reference, **options)
+    return {name: GRADERS[name](completion, reference, **options)}
 
 
 def grade(completion: str, metadata: dict, suites_dir=None) -> dict[str, float]:
-    """{grader name: reward} for each grader named by metadata["scorer"]."""
-    return {name: _grade_one(name, completion, metadata, suites_dir) for name in _scorers(metadata)}
+    """{grader name: reward} for each grader named by metadata["scorer"] (plus "rubric/<item>")."""
+    return {k: v for name in _scorers(metadata) for k, v in _grade_one(name, completion, metadata, suites_dir).items()}
 
 
 def combine(rewards: dict[str, float], reward_weights: dict[str, float] | None = None) -> float:
     """Weighted sum of rewards. A grader without a weight counts 1.0; a weighted grader that did
-    not run (absent from rewards) contributes 0."""
+    not run (absent from rewards) contributes 0. Entries named "<grader>/<part>" (a rubric's
+    items) are already inside their grader's reward: logged, never added again."""
     weights = reward_weights or {}
-    return float(sum(weights.get(name, 1.0) * reward for name, reward in rewards.items()))
+    return float(sum(weights.get(name, 1.0) * reward for name, reward in rewards.items() if "/" not in name))
 
 
 def grade_many(completions: list[str], metadatas: list[dict], suites_dir=None,
@@ -345,5 +338,5 @@ def grade_many(completions: list[str], metadatas: list[dict], suites_dir=None,
         pending = [{name: pool.submit(_grade_one, name, c, m, suites_dir) if name == "code_grader"
                     else _grade_one(name, c, m, suites_dir) for name in _scorers(m)}
                    for c, m in zip(completions, metadatas)]
-        return [{name: r.result() if isinstance(r, Future) else r for name, r in rewards.items()}
+        return [{k: v for r in rewards.values() for k, v in (r.result() if isinstance(r, Future) else r).items()}
                 for rewards in pending]

@@ -27,8 +27,16 @@ Rule checks score 1 or 0; judge items score in [0, 1]. With item scores s_i and 
 
 A response that is not a str scores 0 on every item. Rubric errors (an unknown check, a missing
 or misspelt parameter, a bad regex or weight, duplicate names) are the author's bug and raise
-ValueError naming the file and the item (counted from 1). graders.rubric_grader is the lighter
-cousin used by §8 records (items built from format specs); this module is the full §6 format.
+ValueError naming the file and the item (counted from 1).
+
+§8 records use it through the `rubric` grader (nanopost/graders.py): metadata {"scorer": "rubric",
+"rubric": [items], "rubric_aggregate": "mean" (default) | "sum"}; grade() reports the reward as
+"rubric" and each item's result as "rubric/<name>", which train_rl.py logs as
+rewards/rubric/<name>/mean (graders.combine never adds them to the reward a second time). The
+graders hold no judge: rubrics with judge items are scored from Python, rubric_reward_fn(rubric,
+judge=my_judge) for one rubric, or records_reward_fn(judge=my_judge) for §8 records with their own
+rubrics, which is the reward_fn that rollout.sample_rollouts takes; there is no command-line flag
+for a judge yet.
 """
 import copy
 import difflib
@@ -259,5 +267,25 @@ def rubric_reward_fn(rubric, aggregate="sum", judge=None):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         scored = [score(rubric, c, p, judge, aggregate) for p, c in zip(prompts, completions)]
         return [r for r, _ in scored], [results for _, results in scored]
+
+    return reward_fn
+
+
+def records_reward_fn(judge=None, prompt_of=lambda row: row["prompt"][-1]["content"]):
+    """The reward function rollout.sample_rollouts takes, fn(texts, rows) -> [{name: reward}], for
+    §8 rows whose metadata holds a "rubric" (and optionally "rubric_aggregate", default "mean"):
+    {"rubric": reward, "rubric/<item>": result}, as the `rubric` grader reports it, but with a
+    judge for judge items (it sees prompt_of(row), by default the last prompt message)."""
+
+    def reward_fn(texts, rows):
+        if len(texts) != len(rows):
+            raise ValueError(f"{len(texts)} completions but {len(rows)} records")
+        out = []
+        for text, row in zip(texts, rows):
+            metadata = row["metadata"]
+            reward, results = score(metadata["rubric"], text, prompt_of(row), judge,
+                                    metadata.get("rubric_aggregate", "mean"))
+            out.append({"rubric": reward, **{f"rubric/{name}": r for name, r in results.items()}})
+        return out
 
     return reward_fn

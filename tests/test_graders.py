@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nanopost.graders import (GRADERS, code_grader, combine, format_grader, grade, grade_many,
-                              make_suite, math_grader, rubric_grader, rubric_items)
+                              make_suite, math_grader, rubric_grader)
 
 # ----------------------------------------------------------------------------- math: table
 
@@ -315,27 +315,47 @@ def test_format_grader():
             format_grader("x", bad)
 
 
-def test_rubric():
-    rubric = [{"name": "caps", "check": {"uppercase": True}, "weight": 3.0},
-              {"name": "short", "check": {"max_words": 1}, "weight": 1.0}]
-    assert rubric_items("HELLO THERE", rubric) == {"caps": 1.0, "short": 0.0}
+def test_rubric_grader_goes_through_rubric_py():
+    """The `rubric` grader: nanopost/rubric.py's items and checks, weighted mean by default
+    (hand-worked: caps 1 × 3, short 0 × 1 -> 3/4), "sum" on request, each item reported."""
+    rubric = [{"name": "caps", "check": "uppercase", "weight": 3.0},
+              {"name": "short", "check": "word_count", "max": 1}]
     assert rubric_grader("HELLO THERE", rubric) == 0.75
     assert rubric_grader("HELLO THERE", rubric, aggregate="sum") == 3.0
-    assert rubric_grader("HELLO", [{"name": "caps", "check": {"uppercase": True}}]) == 1.0
-    for bad in [[], [{"name": "a"}], [{"check": {"uppercase": True}}],
-                [{"name": "a", "check": {"uppercase": True}}] * 2,
-                [{"name": "a", "check": {"uppercase": True}, "weight": -1}],
-                [{"name": "a", "check": {"uppercase": True}, "weight": 0}]]:
+    assert rubric_grader("hello", rubric) == 0.25
+    assert rubric_grader(None, rubric) == 0.0
+    assert grade("HELLO THERE", {"scorer": "rubric", "rubric": rubric}) == \
+        {"rubric": 0.75, "rubric/caps": 1.0, "rubric/short": 0.0}
+    assert grade("HELLO THERE", {"scorer": "rubric", "rubric": rubric, "rubric_aggregate": "sum"})["rubric"] == 3.0
+    for bad in [[], [{"name": "a"}], [{"check": "uppercase"}], [{"name": "a", "check": "uppercase"}] * 2,
+                [{"name": "a", "check": "uppercase", "weight": -1}], [{"name": "a", "check": "shout"}]]:
         with pytest.raises(ValueError):
-            rubric_grader("HELLO", bad)
-    with pytest.raises(ValueError):
-        rubric_grader("HELLO", rubric, aggregate="max")
+            grade("HELLO", {"scorer": "rubric", "rubric": bad})
+    with pytest.raises(ValueError, match="aggregate"):
+        grade("HELLO", {"scorer": "rubric", "rubric": rubric, "rubric_aggregate": "max"})
+    with pytest.raises(ValueError, match="judge-scored.*rubric_reward_fn"):
+        grade("HELLO", {"scorer": "rubric", "rubric": [{"name": "j", "check": "judge", "criterion": "kind"}]})
+
+
+def test_rubric_items_are_logged_not_rewarded():
+    """grade_many gives each item as "rubric/<name>"; combine() adds only the rubric's own reward,
+    so an item never counts twice, whatever the weights."""
+    rubric = [{"name": "caps", "check": "uppercase"}, {"name": "cat", "check": "contains", "text": "cat"},
+              {"name": "json", "check": "valid_json", "keys": ["a"]}]
+    meta = {"scorer": ["rubric", "math_grader"], "rubric": rubric, "ground_truth": "3"}
+    graded = grade_many(['{"A": "CAT"}', "CAT\nAnswer: 3", '{"a": "dog"}'], [meta] * 3)
+    assert graded == [{"rubric": 2 / 3, "rubric/caps": 1.0, "rubric/cat": 1.0, "rubric/json": 0.0, "math_grader": 0.0},
+                      {"rubric": 1 / 3, "rubric/caps": 0.0, "rubric/cat": 1.0, "rubric/json": 0.0, "math_grader": 1.0},
+                      {"rubric": 1 / 3, "rubric/caps": 0.0, "rubric/cat": 0.0, "rubric/json": 1.0, "math_grader": 0.0}]
+    assert [combine(g) for g in graded] == [2 / 3, 4 / 3, 1 / 3]
+    assert combine(graded[1], {"rubric": 3.0, "math_grader": 0.5}) == 1.5
+    assert combine(graded[1], {"rubric/caps": 5.0}) == 4 / 3
 
 
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_grade_combine():
-    assert set(GRADERS) == {"math_grader", "code_grader", "format_grader", "rubric_grader"}
+    assert set(GRADERS) == {"math_grader", "code_grader", "format_grader", "rubric"}
     meta = {"scorer": ["math_grader", "format_grader"], "ground_truth": "3", "format": {"max_words": 2}}
     assert grade("Answer: 3", meta) == {"math_grader": 1.0, "format_grader": 1.0}
     assert grade("Answer: 4", {"scorer": "math_grader", "ground_truth": "3"}) == {"math_grader": 0.0}

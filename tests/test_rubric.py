@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from nanopost.rubric import check_item, load_rubric, rubric_reward_fn, score
+from nanopost.rubric import check_item, load_rubric, records_reward_fn, rubric_reward_fn, score
 
 # ----------------------------------------------------------------------------- checks: table
 
@@ -216,3 +216,28 @@ def test_rubric_reward_fn_over_a_batch():
     assert rubric_reward_fn(RUBRIC)(["p"], ["yes it is"])[0] == [3.0]
     with pytest.raises(ValueError, match="2 prompts but 1 completions"):
         fn(["a", "b"], ["c"])
+
+
+def test_records_reward_fn_scores_each_records_rubric_with_a_judge():
+    """The reward_fn shape rollout.sample_rollouts takes: one {name: reward} per completion, each
+    §8 row with its own rubric; the judge sees the row's last prompt message."""
+    seen = []
+
+    def judge(prompt, response, criterion):
+        seen.append((prompt, response, criterion))
+        return 0.25
+
+    rows = [{"prompt": [{"role": "user", "content": "shout"}],
+             "metadata": {"scorer": "rubric", "rubric": [{"name": "caps", "check": "uppercase", "weight": 3},
+                                                         {"name": "kind", "check": "judge", "criterion": "is kind"}]}},
+            {"prompt": [{"role": "user", "content": "short"}],
+             "metadata": {"scorer": "rubric", "rubric_aggregate": "sum",
+                          "rubric": [{"name": "short", "check": "word_count", "max": 1, "weight": 2}]}}]
+    out = records_reward_fn(judge)(["HELLO", "two words"], rows)
+    assert out == [{"rubric": pytest.approx((3 * 1 + 0.25) / 4), "rubric/caps": 1.0, "rubric/kind": 0.25},
+                   {"rubric": 0.0, "rubric/short": 0.0}]
+    assert seen == [("shout", "HELLO", "is kind")]
+    with pytest.raises(ValueError, match="judge item"):
+        records_reward_fn()(["HELLO"], rows[:1])
+    with pytest.raises(ValueError, match="2 completions but 1 records"):
+        records_reward_fn(judge)(["a", "b"], rows[:1])
