@@ -584,6 +584,24 @@ def test_wrong_answers_include_the_answer_to_another_question():
     assert mismatched > 10 and same_country > 10, (mismatched, same_country)
 
 
+def test_no_held_out_item_appears_anywhere_in_training_preference_or_judge_data():
+    """Wrong answers and continuations name items of their own split only: a held-out capital or
+    word that appeared in training, even only as the rejected side, would teach "held-out answer =
+    bad" (the RM fell below chance on held-out 'correct' pairs when it did)."""
+    import json
+    held_out = [c for c, _ in world.COUNTRIES if world.split_of(c) == "eval"]
+    names = held_out + [dict(world.COUNTRIES)[c] for c in held_out]
+    names += [w for w in world.WORDS if world.split_of(f"upperword:{w}") == "eval"]
+    assert len(names) > 20
+    text = json.dumps(preference_world.preference_records(3000, "train", seed=2)
+                      + preference_world.judge_records(3000, seed=2)).lower()
+    leaked = [n for n in names if re.search(r"(?<![a-z])" + re.escape(n.lower()) + r"(?![a-z])", text)]
+    assert not leaked, leaked
+    # and the held-out data still has wrong answers and continuations (about held-out items)
+    held = json.dumps(preference_world.preference_records(400, "eval", seed=2, ranking_share=0)).lower()
+    assert sum(held.count(c.lower()) for c in held_out) > 400
+
+
 def test_world_cli_writes_preference_and_judge_files(tmp_path):
     import json
     import subprocess
