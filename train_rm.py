@@ -26,7 +26,8 @@ from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, 
 from nanopost.losses import bradley_terry_loss
 from nanopost.model import ScalarModel
 from nanopost.nexttoken import NonFiniteLoss
-from nanopost.preferences import PreferenceConfig, last_token_rewards, pair_batch, preference_data, train_pairs
+from nanopost.preferences import (PreferenceConfig, last_token_rewards, pair_batch, preference_data, sequence_logprobs,
+                                 train_pairs)
 
 
 @dataclasses.dataclass
@@ -41,6 +42,8 @@ class RMConfig(PreferenceConfig):
     grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
     center_rewards_coefficient: float = flag(0.0, "weight of (r_c + r_r)² (keeps rewards centred)", "optimisation")
     use_margin: bool = flag(True, "subtract each record's 'margin' inside the loss", "optimisation")
+    lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses, trained alongside (keeps "
+                               "the body a language model, whose knowledge the reward can then use)", "optimisation")
 
 
 @torch.no_grad()
@@ -102,8 +105,14 @@ def main(argv=None):
         r_c, r_r = rewards[:len(pairs)], rewards[len(pairs):]
         losses = bradley_terry_loss(r_c, r_r, batch["margin"] if cfg.use_margin else None)
         losses = losses + cfg.center_rewards_coefficient * (r_c + r_r) ** 2
-        return losses.sum() / n_total, {"accuracy": (r_c > r_r).sum(), "margin": (r_c - r_r).sum(),
-                                        "reward_chosen": r_c.sum(), "reward_rejected": r_r.sum()}
+        sums = {"accuracy": (r_c > r_r).sum(), "margin": (r_c - r_r).sum(),
+                "reward_chosen": r_c.sum(), "reward_rejected": r_r.sum()}
+        if cfg.lm_coef > 0:  # + lm_coef · per-token NLL of the chosen responses, through the same body
+            chosen = {k: batch[k][:len(pairs)] for k in ("idx", "response_mask")}
+            nll = -sequence_logprobs(rm.gpt, chosen) / chosen["response_mask"][:, 1:].sum(1).clamp(min=1)  # (P,)
+            losses = losses + cfg.lm_coef * nll
+            sums["nll_chosen"] = nll.sum()
+        return losses.sum() / n_total, sums
 
     def save(step, stats=None):
         extra = {"head": rm.head.state_dict(), **(stats or {"reward_mean": 0.0, "reward_std": 1.0})}

@@ -114,42 +114,57 @@ def judge_preference(judge, constitution, questions, responses_a, responses_b):
 
 
 def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
-    """Sample two answers per prompt from the policy and label each pair, cfg.labels = 'ai' (the
-    judge under the constitution, kept when it prefers one side with probability >=
-    cfg.min_confidence) or 'gold' (the world's ground truth, ties dropped). prompts:
-    {"prompt", "metadata": {"gold"}}. -> (§7 records, report with the judge's agreement with the
-    ground truth on the pairs where the ground truth has a preference)."""
+    """Sample cfg.label_samples answers per prompt from the policy and turn each prompt into one
+    labelled pair, the best and the worst of its answers (as RLAIF / self-rewarding pipelines do):
+      ai    every two distinct answers are compared by the judge under the constitution
+            (judge_preference); an answer's score is its summed win probability (Borda), the pair
+            is (highest, lowest), kept when the judge prefers it with P >= cfg.min_confidence;
+      gold  the same answers scored by the world's ground truth (gold_score), kept unless tied.
+    Both labellers see the same sampled answers, so DPO on ai labels and DPO on gold labels differ
+    only in who labelled. With 2 samples this is one sampled pair per prompt. prompts: {"prompt",
+    "metadata": {"gold"}}. -> (§7 records, report: the judge's agreement with the ground truth on
+    every compared pair where the ground truth has a preference, and on the kept pairs)."""
+    k = cfg.label_samples
+    if k < 2:
+        raise ValueError(f"--label_samples must be at least 2, got {k}")
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed + 17)
-    conversations = [r["prompt"] for r in prompts for _ in range(2)]
+    conversations = [r["prompt"] for r in prompts for _ in range(k)]
     answers = chat_complete(policy, tok, conversations, 32, temperature=cfg.label_temperature, generator=generator)
     # an empty answer cannot be a §7 response, and two equal answers are no comparison
-    pairs = [(r, answers[2 * i], answers[2 * i + 1]) for i, r in enumerate(prompts)
-             if answers[2 * i].strip() and answers[2 * i + 1].strip()
-             and answers[2 * i].strip() != answers[2 * i + 1].strip()]
-    gold = [preference_world.gold_prefers(r["metadata"]["gold"], a, b) if "gold" in r.get("metadata", {}) else 0
-            for r, a, b in pairs]
+    groups = []  # (prompt record, [distinct non-empty answers])
+    for i, r in enumerate(prompts):
+        distinct = list(dict.fromkeys(a.strip() for a in answers[k * i:k * (i + 1)] if a.strip()))
+        if len(distinct) >= 2:
+            groups.append((r, distinct))
+    compared = [(g, i, j) for g, (_, ans) in enumerate(groups) for i in range(len(ans)) for j in range(i + 1, len(ans))]
+    golds = [r.get("metadata", {}).get("gold") for r, _ in groups]
+    gold_of = lambda g, i, j: preference_world.gold_prefers(golds[g], groups[g][1][i], groups[g][1][j]) if golds[g] else 0
     if cfg.labels == "ai":
         judge = judge or model_judge(judge_model if judge_model is not None else policy, tok)
-        questions = [r["prompt"][-1]["content"] for r, _, _ in pairs]
-        p_a = judge_preference(judge, load_constitution(cfg.constitution), questions,
-                               [a for _, a, _ in pairs], [b for _, _, b in pairs]).tolist()
-        keep = [max(p, 1 - p) >= cfg.min_confidence for p in p_a]
-        prefer_a = [p > 0.5 for p in p_a]
+        p = judge_preference(judge, load_constitution(cfg.constitution), [groups[g][0]["prompt"][-1]["content"] for g, _, _ in compared],
+                             [groups[g][1][i] for g, i, _ in compared], [groups[g][1][j] for g, _, j in compared]).tolist()
     else:
-        p_a = [float(g > 0) for g in gold]
-        keep = [g != 0 for g in gold]
-        prefer_a = [g > 0 for g in gold]
-    records = []
-    for (r, a, b), k, first, p in zip(pairs, keep, prefer_a, p_a):
-        if k:
-            chosen, rejected = (a, b) if first else (b, a)
-            records.append({"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
-                            "rejected": [{"role": "assistant", "content": rejected}],
-                            "metadata": {**r.get("metadata", {}), "judge_p": round(max(p, 1 - p), 4)}})
-    decided = [(first == (g > 0)) for k, first, g in zip(keep, prefer_a, gold) if k and g != 0]
-    judged_all = [(first == (g > 0)) for first, g in zip(prefer_a, gold) if g != 0]
-    report = {"prompts": len(prompts), "distinct_pairs": len(pairs), "kept": len(records),
-              "agreement_with_gold": sum(decided) / max(len(decided), 1),
+        p = [0.5 + 0.5 * gold_of(g, i, j) for g, i, j in compared]
+    win = {}  # (g, i, j) -> P(answer i beats answer j), both directions
+    for (g, i, j), pij in zip(compared, p):
+        win[g, i, j], win[g, j, i] = pij, 1 - pij
+    records, decided = [], []
+    for g, (r, ans) in enumerate(groups):
+        if cfg.labels == "ai":
+            score = [sum(win[g, i, j] for j in range(len(ans)) if j != i) for i in range(len(ans))]
+        else:
+            score = [preference_world.gold_score(golds[g], a) if golds[g] else 0 for a in ans]
+        best, worst = max(range(len(ans)), key=score.__getitem__), min(range(len(ans)), key=score.__getitem__)
+        confidence = win[g, best, worst] if best != worst else 0.5
+        if best == worst or (confidence < cfg.min_confidence if cfg.labels == "ai" else confidence == 0.5):
+            continue
+        records.append({"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": ans[best]}],
+                        "rejected": [{"role": "assistant", "content": ans[worst]}],
+                        "metadata": {**r.get("metadata", {}), "judge_p": round(confidence, 4)}})
+        decided.append(gold_of(g, best, worst))
+    judged_all = [(pij > 0.5) == (gold_of(g, i, j) > 0) for (g, i, j), pij in zip(compared, p) if gold_of(g, i, j)]
+    report = {"prompts": len(prompts), "samples_per_prompt": k, "distinct_pairs": len(compared), "kept": len(records),
+              "agreement_with_gold": sum(d > 0 for d in decided) / max(sum(d != 0 for d in decided), 1),
               "agreement_with_gold_all_pairs": sum(judged_all) / max(len(judged_all), 1),
-              "gold_ties_kept": sum(1 for k, g in zip(keep, gold) if k and g == 0)}
+              "gold_ties_kept": sum(d == 0 for d in decided)}
     return records, report

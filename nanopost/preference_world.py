@@ -86,17 +86,27 @@ def preference_question(rng):
     return q
 
 
+def _same_split(q):
+    """Countries and words of q's split: a wrong answer or a continuation names only these, so a
+    held-out item never appears in training data at all (not even as the rejected side, which
+    would teach "a held-out capital is bad" and push held-out accuracy below chance)."""
+    split = split_of(q.key)
+    return ([(c, cap) for c, cap in COUNTRIES if split_of(c) == split],
+            [w for w in WORDS if split_of(f"upperword:{w}") == split])
+
+
 def _wrong(q, rng):
     """A wrong answer: the reference with the answer swapped for another of its kind, or (for a
     fact question, half the time) a right answer to another question: the capital of another
     country, the mismatch §7's own bad pair shows (and the small SFT model's usual mistake on
-    countries it never saw in SFT)."""
+    countries it never saw in SFT). The other item is of q's split (_same_split)."""
+    countries, words = _same_split(q)
     if q.kind == "upper_word":
-        return rng.choice([w for w in WORDS if w != q.gold["answer"]]).upper()
+        return rng.choice([w for w in words if w != q.gold["answer"]]).upper()
     if q.kind == "fact" and rng.random() < 0.5:
-        country, capital = rng.choice([(c, cap) for c, cap in COUNTRIES if cap != q.gold["answer"]])
+        country, capital = rng.choice([(c, cap) for c, cap in countries if cap != q.gold["answer"]])
         return f"The capital of {country} is {capital}."
-    other = rng.choice([c for _, c in COUNTRIES if c != q.gold["answer"]])
+    other = rng.choice([c for _, c in countries if c != q.gold["answer"]])
     return q.reference.replace(q.gold["answer"].upper() if q.kind == "upper_capital" else q.gold["answer"],
                                other.upper() if q.kind == "upper_capital" else other)
 
@@ -106,8 +116,9 @@ def _unformatted(q):
 
 
 def _continuation(q, rng):
-    """What web text does with a question (§1): carry it on instead of answering."""
-    other = rng.choice(COUNTRIES)[0]
+    """What web text does with a question (§1): carry it on instead of answering (naming another
+    country of q's split)."""
+    other = rng.choice(_same_split(q)[0])[0]
     return rng.choice([f"? {q.reference}", f"? What is the capital city of {other}?",
                        f"? Write your answers below.", f"and the capital of {other}?"])
 

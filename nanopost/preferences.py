@@ -209,7 +209,10 @@ class PreferenceConfig(RunConfig):
                                   "the ground truth (the control for ai)", "preferences")
     eval_data: str = flag("", "held-out §7 JSONL (default: the built-in held-out pairs)", "preferences")
     n_pairs: int = flag(4000, "built-in training records", "preferences")
-    label_prompts: int = flag(400, "--labels ai|gold: prompts to sample a pair for", "preferences")
+    label_prompts: int = flag(400, "--labels ai|gold: prompts to sample answers for (one labelled pair each)",
+                              "preferences")
+    label_samples: int = flag(4, "--labels ai|gold: answers sampled per prompt; the pair is the best and the worst "
+                                 "(2: one sampled pair)", "preferences")
     label_temperature: float = flag(1.0, "--labels ai|gold: sampling temperature of the pairs", "preferences")
     judge: str = flag("", "--labels ai: the judge's checkpoint (default: the SFT model)", "preferences")
     constitution: str = flag("", "--labels ai: the constitution file (default: the built-in one)", "preferences")

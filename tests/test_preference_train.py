@@ -149,3 +149,25 @@ def test_bad_preference_file_names_file_and_line(sft, tmp_path):
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rejected": good["chosen"]}) + "\n")
     with pytest.raises(DataError, match=r"prefs.jsonl:2: .*same response"):
         train_rm.main(["--init", sft, "--out", str(tmp_path / "rm"), "--data", str(path)] + SMALL_PAIRS)
+
+
+def test_reward_model_lm_coef_adds_the_chosen_next_token_loss(sft, tmp_path):
+    """--lm_coef c: first loss = ln 2 (zero head) + c · mean over the step's pairs of the per-token NLL of the
+    chosen response under the initial model, computed here with a plain log_softmax."""
+    import torch
+    from nanopost.preferences import batch_indices, load_preferences
+    summary = train_rm.main(["--init", sft, "--out", str(tmp_path), "--lm_coef", "0.5"] + SMALL_PAIRS)
+    first = read_metrics(str(tmp_path))[0]
+    state = load_checkpoint(sft, "cpu")
+    model, tok = state["model"].eval(), state["tok"]
+    pairs, _ = load_preferences(str(tmp_path / "prefs.jsonl"), tok, model.config.block_size)
+    nlls = []
+    for i in batch_indices(len(pairs), 4, 0, 0):
+        ids = pairs[i].prompt + pairs[i].chosen
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0].double(), -1)   # (T-1, V)
+        start = len(pairs[i].prompt)
+        nlls.append(-sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids))) / (len(ids) - start))
+    assert first["nll_chosen"] == pytest.approx(sum(nlls) / 4, rel=1e-4)
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * sum(nlls) / 4, rel=1e-4)
+    assert summary["stage"] == "rm"

@@ -584,6 +584,24 @@ def test_wrong_answers_include_the_answer_to_another_question():
     assert mismatched > 10 and same_country > 10, (mismatched, same_country)
 
 
+def test_no_held_out_item_appears_anywhere_in_training_preference_or_judge_data():
+    """Wrong answers and continuations name items of their own split only: a held-out capital or
+    word that appeared in training, even only as the rejected side, would teach "held-out answer =
+    bad" (the RM fell below chance on held-out 'correct' pairs when it did)."""
+    import json
+    held_out = [c for c, _ in world.COUNTRIES if world.split_of(c) == "eval"]
+    names = held_out + [dict(world.COUNTRIES)[c] for c in held_out]
+    names += [w for w in world.WORDS if world.split_of(f"upperword:{w}") == "eval"]
+    assert len(names) > 20
+    text = json.dumps(preference_world.preference_records(3000, "train", seed=2)
+                      + preference_world.judge_records(3000, seed=2)).lower()
+    leaked = [n for n in names if re.search(r"(?<![a-z])" + re.escape(n.lower()) + r"(?![a-z])", text)]
+    assert not leaked, leaked
+    # and the held-out data still has wrong answers and continuations (about held-out items)
+    held = json.dumps(preference_world.preference_records(400, "eval", seed=2, ranking_share=0)).lower()
+    assert sum(held.count(c.lower()) for c in held_out) > 400
+
+
 def test_world_cli_writes_preference_and_judge_files(tmp_path):
     import json
     import subprocess
@@ -609,8 +627,35 @@ def test_label_pairs_drops_empty_and_equal_answers(monkeypatch):
     monkeypatch.setattr(judge_module, "chat_complete", lambda *a, **k: list(answers))
     gold = {"answer": "Paris", "max_words": 8}
     prompts = [{"prompt": user("What is the capital of France"), "metadata": {"gold": gold}}] * 3
-    cfg = types.SimpleNamespace(seed=0, label_temperature=1.0, labels="gold")
+    cfg = types.SimpleNamespace(seed=0, label_temperature=1.0, labels="gold", label_samples=2)
     records, report = judge_module.label_pairs(torch.nn.Linear(1, 1), None, prompts, cfg)
     assert report["distinct_pairs"] == 1 and len(records) == 1
     assert records[0]["chosen"][0]["content"] == "The capital of France is Paris."
     assert records[0]["rejected"][0]["content"] == "? The capital of France is Paris."
+
+
+def test_label_pairs_takes_the_best_and_worst_of_k_samples_by_each_labeller(monkeypatch):
+    """--label_samples 4: both labellers see the same 4 answers; the ground truth pairs its best with
+    its worst (gold_score), the judge its highest with its lowest summed win probability (Borda);
+    the agreement report counts every compared pair the ground truth decides."""
+    import types
+    from nanopost import judge as judge_module
+    good, padded, wrong, cont = ("The capital of France is Paris.", "Sure! The capital of France is Paris. I hope this helps!",
+                                 "The capital of France is Madrid.", "? The capital of France is Paris.")
+    answers = [padded, good, cont, wrong]
+    monkeypatch.setattr(judge_module, "chat_complete", lambda *a, **k: list(answers))
+    prompts = [{"prompt": user("What is the capital of France"), "metadata": {"gold": {"answer": "Paris", "max_words": 8}}}]
+    cfg = types.SimpleNamespace(seed=0, label_temperature=1.0, label_samples=4, labels="gold", constitution="",
+                                min_confidence=0.75)
+    records, report = judge_module.label_pairs(torch.nn.Linear(1, 1), None, prompts, cfg)
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in records] == [(good, cont)]
+    assert report["distinct_pairs"] == 6 and report["agreement_with_gold_all_pairs"] == 1.0
+    # a judge that prefers the shorter answer under every principle: best = good (31 chars), worst = padded
+    shorter = lambda q, a, b, principle: [1.0 if len(x) < len(y) else 0.0 for x, y in zip(a, b)]
+    cfg.labels = "ai"
+    records, report = judge_module.label_pairs(torch.nn.Linear(1, 1), None, prompts, cfg, judge=shorter)
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in records] == [(good, padded)]
+    assert report["agreement_with_gold"] == 1.0                       # gold prefers good to padded too
+    # by hand: gold order good (15) > padded (14) > wrong (11) > cont (7); lengths good 31 < wrong 32 < cont 33 <
+    # padded 56 -> the judge disagrees on (padded, wrong) and (padded, cont): 4 of 6 pairs agree
+    assert report["agreement_with_gold_all_pairs"] == pytest.approx(4 / 6)
