@@ -33,6 +33,7 @@ the graders is what cleans them up.
 import contextlib
 import copy
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -51,7 +52,7 @@ from nanopost.losses import (DPO_LOSS_TYPES, aggregate, clipped_surrogate, clipp
 from nanopost.model import ScalarModel
 from nanopost.nexttoken import NonFiniteLoss
 from nanopost.preferences import PreferenceConfig, pair_batch, preference_data, preference_rate, sequence_logprobs, train_pairs
-from nanopost.rewards import parse_reward, parse_weights, reward_fn_for, rl_record
+from nanopost.rewards import check_weights, parse_reward, parse_weights, reward_fn_for, rl_record
 from nanopost.rollout import completion_logprobs, completion_values, sample_rollouts
 
 
@@ -243,6 +244,8 @@ def main(argv=None):
                               loss_type=cfg.loss_type or ("sigmoid" if dpo else "grpo"))
     if dpo:
         return train_dpo(cfg)
+    if cfg.algo in ("grpo", "rloo") and cfg.num_generations < 2:
+        raise ValueError(f"--algo {cfg.algo} compares completions within a group: --num_generations must be >= 2")
     use_graders, models = parse_reward(cfg.reward)
     preference_rl = "rm" in models and not use_graders  # RLHF on the built-in preference questions (the RM's domain)
     t_start = time.time()
@@ -289,6 +292,7 @@ def main(argv=None):
         eval_records = preference_world.preference_prompts("eval")
     else:
         eval_records = rl_family_records(cfg.eval_prompts, "eval", cfg.seed, suites_dir, families)
+    check_weights(weights, train_records, models)
     reward_fn = reward_fn_for(use_graders, models, device, suites_dir)  # None: the graders alone
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
 
@@ -362,6 +366,7 @@ def main(argv=None):
         starts = range(0, B, cfg.micro_batch_size)
         stats = {"kl": 0.0, "entropy": 0.0, "clip_ratio": 0.0, "value_loss": 0.0, "logprob_diff_max": 0.0}
         for iteration in range(cfg.num_iterations):
+            loss_sum = 0.0
             for lo in starts:
                 rows = slice(lo, min(lo + cfg.micro_batch_size, B))
                 sync = contextlib.ExitStack()  # gradients are all-reduced on the last micro-batch only
@@ -391,14 +396,21 @@ def main(argv=None):
                     stats["value_loss"] += value_loss.item() / cfg.num_iterations
                 with sync:
                     (loss * world_n).backward()
+                loss_sum += loss.item()
+                if not first:  # on the first pass ρ = 1: clipping can only happen on later passes
+                    stats["clip_ratio"] += float((clipped.float() * m).sum()) / max(n_tok * (cfg.num_iterations - 1), 1)
                 if first:
                     with torch.no_grad():
                         if ref_logprobs is not None:
                             stats["kl"] += float((kl_estimate(logprobs, ref_logprobs[rows], "k3") * m).sum()) / max(n_tok, 1)
                         stats["entropy"] += float((entropy * m).sum()) / max(n_tok, 1)
-                        stats["clip_ratio"] += float((clipped.float() * m).sum()) / max(n_tok, 1)
                         diff = ((logprobs - batch.sampler_logprobs[rows]).abs() * m).max()
                         stats["logprob_diff_max"] = max(stats["logprob_diff_max"], float(diff))
+            if not math.isfinite(dist.all_sum(loss_sum)):  # never step (or save) on a NaN/inf loss
+                optimizer.zero_grad(set_to_none=True)
+                log.info(f"loss is {dist.all_sum(loss_sum)} at step {step + 1}; stopping without saving "
+                         f"(the last good checkpoint is kept)")
+                sys.exit(1)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

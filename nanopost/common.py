@@ -109,7 +109,12 @@ class RunLog:
         os.makedirs(out, exist_ok=True)
         self.path = os.path.join(out, "metrics.jsonl")
         if start_step == 0 and os.path.exists(self.path):
-            os.remove(self.path)  # a fresh run starts a fresh log; a resumed one appends
+            os.remove(self.path)  # a fresh run starts a fresh log
+        elif os.path.exists(self.path):  # a resumed one appends, after dropping the steps it will redo
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
 
     def log(self, step, **metrics):
         """step counts completed steps (1..total)."""

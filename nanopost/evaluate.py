@@ -97,7 +97,9 @@ def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48)
     graded = grade_many(replies, [r["metadata"] for r in records], suites_dir=suites_dir)
     by_grader, by_family, correct = {}, {}, []
     for record, scores in zip(records, graded):
-        ok = float(bool(scores) and all(v >= 1.0 for v in scores.values()))
+        # a rubric is judged by its items (its total is below 1 under "sum" with weights under 1)
+        judged = {k: v for k, v in scores.items() if not any(i.startswith(k + "/") for i in scores)}
+        ok = float(bool(judged) and all(v >= 1.0 for v in judged.values()))
         correct.append(ok)
         for name, v in scores.items():
             by_grader.setdefault(name, []).append(float(v >= 1.0))

@@ -308,6 +308,8 @@ def _grade_one(name: str, completion: str, metadata: dict, suites_dir) -> dict[s
     """{name: reward}; the rubric grader adds {"rubric/<item>": item result} (logged, not rewarded)."""
     reference = metadata[_REFERENCE_KEY[name]]
     if name == "rubric":
+        if not isinstance(reference, list):  # a str would be opened as a file: data must not name paths
+            raise ValueError(f"metadata['rubric'] must be a list of items, not {type(reference).__name__}")
         reward, items = rubric_results(completion, reference, metadata.get("rubric_aggregate", "mean"))
         return {name: reward, **{f"{name}/{item}": result for item, result in items.items()}}
     options = {"math_grader": {"ordered": metadata.get("ordered", True)},

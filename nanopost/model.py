@@ -15,6 +15,7 @@ Three attention patterns go through the same code:
 - a KV cache for decoding, one new token per row per step.
 """
 import math
+import re
 from dataclasses import dataclass, asdict
 
 import torch
@@ -226,7 +227,9 @@ def document_mask(doc_ids):
 
 def document_block_mask(doc_ids):
     """The same mask as document_mask, as a flex-attention BlockMask: attention is computed only in
-    the (128 x 128) tiles that hold a visible pair, and no (B, T, T) tensor is made. GPU fast path."""
+    the (128 x 128) tiles that hold a visible pair, and the attention kernel never reads a (B, T, T)
+    mask (building the BlockMask evaluates the rule once per row; torch.compile of this function
+    would avoid even that). GPU fast path."""
     B, T = doc_ids.shape
 
     def same_doc_causal(b, h, q, kv):
@@ -248,7 +251,7 @@ def _flex(q, k, v, block_mask):
     return _compiled_flex(q, k, v, block_mask=block_mask)
 
 
-PEAK_FLOPS = {  # dense peak per GPU, FLOP/s: {dtype: peak}; the first name found in the device name wins
+PEAK_FLOPS = {  # dense peak per GPU, FLOP/s: {dtype: peak}; the first name that is a word of the device name wins
     "H100 PCIe": {"bfloat16": 756e12, "float32": 51e12},
     "H100": {"bfloat16": 989e12, "float32": 67e12},
     "H200": {"bfloat16": 989e12, "float32": 67e12},
@@ -262,8 +265,9 @@ def peak_flops(device, dtype="float32"):
     """The device's dense peak FLOP/s for dtype, from PEAK_FLOPS; 0 when unknown (every CPU)."""
     if device.type != "cuda":
         return 0.0
-    name = torch.cuda.get_device_name(device)
-    return next((peaks.get(dtype, 0.0) for key, peaks in PEAK_FLOPS.items() if key in name), 0.0)
+    name = torch.cuda.get_device_name(device)  # e.g. "NVIDIA A100-SXM4-80GB"; "L4" must not match "L40S"
+    return next((peaks.get(dtype, 0.0) for key, peaks in PEAK_FLOPS.items()
+                 if re.search(rf"\b{re.escape(key)}\b", name)), 0.0)
 
 
 def estimate_mfu(model, tokens_per_s, seq_len, device, dtype="float32"):

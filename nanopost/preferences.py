@@ -236,9 +236,11 @@ def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
     else:
         path = os.path.join(cfg.out, "labels.jsonl")
         prompts = preference_world.preference_prompts("train", cfg.seed, cfg.label_prompts)
-        records, report["labelling"] = label_pairs(policy, tok, prompts, cfg, judge_model)
-        write_jsonl(path, records)
-        log.info(f"{cfg.labels} labels: {report['labelling']}")
+        if dist.is_main():  # under torchrun rank 0 labels once and every rank reads the same file
+            records, report["labelling"] = label_pairs(policy, tok, prompts, cfg, judge_model)
+            write_jsonl(path, records)
+            log.info(f"{cfg.labels} labels: {report['labelling']}")
+        dist.barrier()
     train, report["train"] = load_preferences(path, tok, max_len, cfg.skip_bad)
     if cfg.eval_data:
         held_out, _ = load_preferences(cfg.eval_data, tok, max_len)

@@ -11,9 +11,12 @@ Each source gives one {name: reward} dict per completion; rollout.sample_rollout
 names with graders.combine and --reward_weights (default weight 1 each). A learned source is a
 function in MODEL_REWARDS: load(path, device) -> score(texts, rows) -> [{name: reward}].
 """
+import math
+
 import torch
 
-from nanopost.graders import GRADERS, grade_many
+from nanopost.graders import _scorers, grade_many
+from nanopost.rubric import _check_aggregate, load_rubric
 from nanopost.preferences import last_token_rewards, load_reward_model
 from nanopost.tokenizer import ConversationError, render_prompt
 
@@ -29,6 +32,8 @@ def parse_weights(text):
             raise ValueError(f"--reward_weights item {item!r} is not name=number") from None
         if not eq or not name.strip():
             raise ValueError(f"--reward_weights item {item!r} is not name=number")
+        if not math.isfinite(weights[name.strip()]):
+            raise ValueError(f"--reward_weights item {item!r}: the weight must be a finite number")
     return weights
 
 
@@ -53,6 +58,7 @@ def reward_model_scorer(path, device):
 
 
 MODEL_REWARDS = {"rm": reward_model_scorer}
+REWARD_NAMES = {"rm": "reward_model"}  # the name each learned source reports its reward under
 
 
 def parse_reward(spec):
@@ -80,8 +86,11 @@ def reward_fn_for(use_graders, models, device, suites_dir):
     scorers = [MODEL_REWARDS[kind](path, device) for kind, path in models.items()]
 
     def reward_fn(texts, rows):
-        results = grade_many(texts, [r.get("metadata", {}) for r in rows], suites_dir=suites_dir) if use_graders \
-            else [{} for _ in rows]
+        graded = [i for i, r in enumerate(rows) if use_graders and "scorer" in r["metadata"]]
+        results = [{} for _ in rows]
+        for i, g in zip(graded, grade_many([texts[i] for i in graded], [rows[i]["metadata"] for i in graded],
+                                           suites_dir=suites_dir)):
+            results[i] = g
         for score in scorers:
             results = [{**g, **s} for g, s in zip(results, score(texts, rows))]
         return results
@@ -90,18 +99,33 @@ def reward_fn_for(use_graders, models, device, suites_dir):
 
 
 def rl_record(record, tok, max_prompt_len, need_scorer=True):
-    """Validate one §8 record: a prompt (messages ending with a user turn) that fits the context,
-    and metadata naming known graders (optional when a learned reward gives the reward)."""
+    """Validate one §8 record when it is loaded (so a bad one is named by file:line, or skipped with
+    --skip_bad, instead of failing mid-run): a prompt (messages ending with a user turn) that fits the
+    context, and metadata naming known graders with what each needs (a scorer is optional when a
+    learned reward alone gives the reward)."""
     if not isinstance(record.get("prompt"), list) or not record["prompt"]:
         raise ConversationError("record needs a non-empty 'prompt' list of messages")
     render_prompt(tok, record["prompt"], max_prompt_len)
-    metadata = record.get("metadata")
-    if not need_scorer and (not isinstance(metadata, dict) or "scorer" not in metadata):
+    metadata = record.setdefault("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"'metadata' must be an object, not {type(metadata).__name__}")
+    if "scorer" not in metadata:
+        if need_scorer:
+            raise ValueError("record needs 'metadata' with a 'scorer' (math_grader, code_grader, rubric, ...)")
         return record
-    if not isinstance(metadata, dict) or "scorer" not in metadata:
-        raise ValueError("record needs 'metadata' with a 'scorer' (math_grader, code_grader, ...)")
-    scorers = [metadata["scorer"]] if isinstance(metadata["scorer"], str) else metadata["scorer"]
-    unknown = [name for name in scorers if name not in GRADERS]
-    if unknown:
-        raise ValueError(f"unknown scorer {unknown[0]!r}; known: {', '.join(GRADERS)}")
+    if "rubric" in _scorers(metadata):  # unknown scorers and missing references raise here
+        if not isinstance(metadata["rubric"], list):
+            raise ValueError("metadata['rubric'] must be a list of rubric items")
+        load_rubric(metadata["rubric"])
+        _check_aggregate(metadata.get("rubric_aggregate", "mean"))
     return record
+
+
+def check_weights(weights, records, models):
+    """Every --reward_weights name must be a reward that some record or learned source produces:
+    a misspelt name would otherwise be ignored without a word."""
+    produced = {name for r in records if "scorer" in r.get("metadata", {}) for name in _scorers(r["metadata"])}
+    produced |= {REWARD_NAMES[kind] for kind in models}
+    unknown = sorted(set(weights) - produced)
+    if unknown:
+        raise ValueError(f"--reward_weights names {unknown}, which no reward produces here; rewards: {sorted(produced)}")

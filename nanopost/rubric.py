@@ -47,7 +47,6 @@ from pathlib import Path
 
 # ----------------------------------------------------------------------------- checks
 
-_FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\r?\n(.*?)\s*```", re.DOTALL | re.IGNORECASE)
 _FLAGS = {"IGNORECASE": re.IGNORECASE, "MULTILINE": re.MULTILINE, "DOTALL": re.DOTALL}
 
 
@@ -58,7 +57,12 @@ def _contains(item, response):
     return text.count(needle) >= item.get("count", 1)  # non-overlapping occurrences
 
 
+MAX_REGEX_CHARS, MAX_JSON_CHARS = 4_000, 100_000  # longer responses fail these checks (bounded work per completion)
+
+
 def _regex(item, response):
+    if len(response) > MAX_REGEX_CHARS:  # a pattern that backtracks must not stall the trainer on a long completion
+        return False
     flags = 0
     for name in item.get("flags", []):
         flags |= _FLAGS[name]
@@ -72,8 +76,12 @@ def _word_count(item, response):
 
 def _valid_json(item, response):
     text = response.strip()
-    if match := _FENCE.fullmatch(text):
-        text = match.group(1)
+    if len(text) > MAX_JSON_CHARS:
+        return False
+    if text.startswith("```") and text.endswith("```") and "\n" in text:  # a ```json fence, unwrapped without a regex
+        opener, _, body = text[:-3].partition("\n")
+        if opener[3:].strip().lower() in ("", "json"):
+            text = body.strip()
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; "[[[[..." recurses

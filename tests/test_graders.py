@@ -381,3 +381,9 @@ def test_grade_many_matches_grade(suite):
     assert [sum(r.values()) for r in many] == [1.0, 0.5, 1.0, 1.0, 1.0, 0.0]
     with pytest.raises(ValueError):
         grade_many(["x"], [])
+
+
+def test_a_rubric_in_data_is_never_a_path():
+    from nanopost.graders import grade
+    with pytest.raises(ValueError, match="list"):
+        grade("x", {"scorer": "rubric", "rubric": "/etc/hostname"})

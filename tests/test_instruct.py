@@ -132,3 +132,15 @@ def test_sft_share_and_grpo_on_the_family(tmp_path):
         items = [k for k in m if k.startswith("rewards/rubric/") and k != "rewards/rubric/mean"]
         assert items and all(0.0 <= m[k] <= 1.0 for k in items)
         assert m["reward"] == pytest.approx(m["rewards/rubric/mean"], abs=1e-6)  # the items are not added again
+
+
+def test_a_rubric_summed_under_one_counts_all_items_passing_as_correct(monkeypatch):
+    """Prompt-level accuracy judges a rubric by its items, not by its total (Σ w < 1 under "sum")."""
+    import nanopost.evaluate as evaluate
+    record = {"prompt": [{"role": "user", "content": "x"}], "family": "instruct",
+              "metadata": {"scorer": "rubric", "rubric_aggregate": "sum",
+                           "rubric": [{"name": "up", "check": "uppercase", "weight": 0.3},
+                                      {"name": "short", "check": "word_count", "max": 2, "weight": 0.3}]}}
+    monkeypatch.setattr(evaluate, "chat_complete", lambda model, tok, prompts, n: ["PARIS", "paris is nice"][:len(prompts)])
+    acc, _ = evaluate.verifiable_accuracy(None, None, [record, record])
+    assert acc["all"] == 0.5 and acc["instruction_level"] == 0.5

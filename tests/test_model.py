@@ -362,3 +362,17 @@ def test_top_p_keeps_the_smallest_prefix_that_reaches_the_mass_exactly():
     logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(2000, -1)
     tokens, _ = sample_next(logits, 1.0, top_p=0.5, generator=torch.Generator().manual_seed(0))
     assert set(tokens.tolist()) == {0}
+
+
+def test_peak_flops_matches_whole_device_names(monkeypatch):
+    from nanopost.model import estimate_mfu, peak_flops
+    cuda = torch.device("cuda")
+    for name, peak in [("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                       ("NVIDIA H200", 989e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 0.0), ("Tesla T4", 0.0)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        assert peak_flops(cuda, "bfloat16") == peak, name
+    assert peak_flops(torch.device("cpu"), "bfloat16") == 0.0
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=1, n_embd=8))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert estimate_mfu(model, 1e6, 16, cuda, "bfloat16") == pytest.approx(model.flops_per_token(16) * 1e6 / 989e12)
+    assert estimate_mfu(model, 1e6, 16, torch.device("cpu")) == 0.0

@@ -241,3 +241,17 @@ def test_records_reward_fn_scores_each_records_rubric_with_a_judge():
         records_reward_fn()(["HELLO"], rows[:1])
     with pytest.raises(ValueError, match="2 completions but 1 records"):
         records_reward_fn(judge)(["a", "b"], rows[:1])
+
+
+def test_long_completions_cannot_stall_the_checks():
+    """A backtracking pattern (the author's) meets a long completion (the model's): bounded, not minutes."""
+    import time
+    from nanopost.rubric import MAX_REGEX_CHARS, check_item
+    item = {"name": "r", "check": "regex", "pattern": r"^(\w+\s?)+$"}
+    t0 = time.time()
+    assert check_item(item, "a" * (MAX_REGEX_CHARS + 1) + "!") == 0.0
+    fence = {"name": "j", "check": "valid_json"}
+    assert check_item(fence, "```\n" + " " * 50_000 + "x") == 0.0
+    assert time.time() - t0 < 1.0
+    assert check_item(fence, '```json\n{"a": 1}\n```') == 1.0 and check_item(fence, '```\n[1]\n```') == 1.0
+    assert check_item(fence, '```python\n{"a": 1}\n```') == 0.0

@@ -104,3 +104,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     ckpt = load_checkpoint(str(tmp_path / "ckpt"))
     assert ckpt["meta"]["step"] == 2
     assert all(bool(p.isfinite().all()) for p in ckpt["model"].parameters())
+
+
+def test_a_resumed_log_drops_the_steps_it_redoes(tmp_path):
+    """A run logged up to step 7 but checkpointed at 5 and resumed redoes steps 6-7: one line each."""
+    from nanopost.common import RunLog
+    log = RunLog(str(tmp_path), 10, stage="t")
+    for step in range(1, 8):
+        log.log(step, loss=1.0 / step)
+    resumed = RunLog(str(tmp_path), 10, start_step=5, stage="t")
+    for step in range(6, 11):
+        resumed.log(step, loss=0.5)
+    assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 11))
