@@ -62,7 +62,7 @@ class RLConfig(PreferenceConfig):
     steps: int = flag(100, "optimiser steps (one batch of rollouts, or of preference pairs, each)")
     algo: str = flag("grpo", "grpo | ppo | reinforce | rloo | dpo", "algorithm")
     # data
-    reward: str = flag("graders", "reward sources, comma-separated: graders, rm:CKPT (see nanopost/rewards.py)",
+    reward: str = flag("graders", "reward sources, comma-separated: graders, rm:CKPT, prm:CKPT (see nanopost/rewards.py)",
                        "data")
     families: str = flag("roots,code", "built-in task families to train on (comma-separated; instruct: "
                                        "IFEval-style instructions with the rubric reward)", "data")
@@ -281,7 +281,8 @@ def main(argv=None):
         report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
     else:
         suites_dir = cfg.suites_dir or os.path.join(cfg.out, "suites")
-        families = cfg.families.split(",")
+        names = "steps,roots" if "prm" in models and cfg.families == RLConfig.families else cfg.families  # a PRM's domain
+        families = names.split(",")
         train_records = rl_family_records(cfg.n_prompts, "train", cfg.seed, suites_dir, families)
         report = {"records": len(train_records), "used": len(train_records), "skipped": 0}
     if cfg.eval_data:

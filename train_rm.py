@@ -6,6 +6,7 @@ of prompt + response, trained with the Bradley-Terry loss on chosen/rejected pai
     python train_rm.py --data my_prefs.jsonl --eval_data my_prefs_eval.jsonl
     python train_rm.py --labels ai                # pairs sampled from the SFT model, labelled by the AI judge (§6)
     python train_rl.py --algo grpo --reward rm:runs/rm/ckpt   # then use it as the RL reward (RLHF)
+    python train_rm.py --kind prm                 # a process reward model instead (§6, nanopost/prm.py)
 
 Loss per pair (InstructGPT / Bradley-Terry):  -log σ(r_c - r_r - margin)  (+ c·(r_c + r_r)² with
 --center_rewards_coefficient c, which keeps rewards near 0). A ranking of K responses counts as its
@@ -21,6 +22,7 @@ import time
 import torch
 
 import train_sft
+from nanopost import prm
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.losses import bradley_terry_loss
@@ -44,6 +46,11 @@ class RMConfig(PreferenceConfig):
     use_margin: bool = flag(True, "subtract each record's 'margin' inside the loss", "optimisation")
     lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses, trained alongside (keeps "
                                "the body a language model, whose knowledge the reward can then use)", "optimisation")
+    # --kind prm: a process reward model on step-labelled chains (nanopost/prm.py, §6)
+    kind: str = flag("bt", "bt: Bradley-Terry on preference pairs | prm: process reward model on step-labelled "
+                           "chains (--data: process.py's JSONL; --n_pairs built-in chains; default --out runs/prm)", "prm")
+    wrong_step_rate: float = flag(0.5, "--kind prm, built-in chains: share with one injected wrong line", "prm")
+    prm_aggregate: str = flag("min", "--kind prm: step scores -> response reward: min | product | last", "prm")
 
 
 @torch.no_grad()
@@ -72,6 +79,10 @@ def pairwise_report(rm, pairs, pad_id, device):
 
 def main(argv=None):
     cfg = parse_config(RMConfig, argv, description=__doc__.split("\n\n")[0])
+    if cfg.kind == "prm":
+        return prm.train(cfg)
+    if cfg.kind != "bt":
+        raise ValueError(f"unknown --kind {cfg.kind!r}; use bt or prm")
     t_start = time.time()
     set_seed(cfg.seed)
     device = pick_device(cfg.device)

@@ -4,6 +4,8 @@ Where an RL reward comes from (§6): a `--reward` spec names one or more sources
     graders      the verifiable graders each §8 record names in metadata.scorer (math_grader, code_grader, ...)
     rm:CKPT      a Bradley-Terry reward model from train_rm.py (RLHF, §7): its standardised score
                  (r - mean) / std, read at the completion's last token, as the reward 'reward_model'
+    prm:CKPT     a process reward model from train_rm.py --kind prm (§6): its step scores aggregated
+                 (min / product / last, nanopost/prm.py), as the reward 'process_reward_model'
 
     python train_rl.py --algo grpo --reward rm:runs/rm/ckpt,graders --reward_weights reward_model=1,math_grader=0.5
 
@@ -18,6 +20,7 @@ import torch
 from nanopost.graders import _scorers, grade_many
 from nanopost.rubric import _check_aggregate, load_rubric
 from nanopost.preferences import last_token_rewards, load_reward_model
+from nanopost.prm import prm_scorer
 from nanopost.tokenizer import ConversationError, render_prompt
 
 
@@ -57,8 +60,8 @@ def reward_model_scorer(path, device):
     return score
 
 
-MODEL_REWARDS = {"rm": reward_model_scorer}
-REWARD_NAMES = {"rm": "reward_model"}  # the name each learned source reports its reward under
+MODEL_REWARDS = {"rm": reward_model_scorer, "prm": prm_scorer}
+REWARD_NAMES = {"rm": "reward_model", "prm": "process_reward_model"}  # the name each source reports its reward under
 
 
 def parse_reward(spec):

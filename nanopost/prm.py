@@ -1,0 +1,310 @@
+"""
+The process reward model (§6): the SFT model's body plus a scalar head read at the end of every
+step (the newline that ends a step line, and the <|end|> after the last line), trained with a
+per-step logistic loss on the verifier's labels (nanopost/process.py). Its step scores aggregate
+to a response reward (min, product or last), used as an RL reward and for best-of-N reranking.
+
+    python train_rm.py --kind prm --out runs/prm          # train it (built-in chains, or --data chains.jsonl)
+    python -m nanopost.prm rerank --prm runs/prm/ckpt --n 8   # best-of-N: PRM vs outcome-only vs random
+    python train_rl.py --algo grpo --reward prm:runs/prm/ckpt --out runs/rl_prm   # as the RL reward
+
+Loss per step s of a chain with label y_s ∈ {0, 1} and head output z_s:
+    ℓ_s = -[y_s log σ(z_s) + (1 - y_s) log(1 - σ(z_s))]
+averaged over the chain's steps, then over chains. The score of step s is σ(z_s) = P(step correct).
+A response is encoded line by line (each line's tokens, then the newline's), so the step ends are
+known exactly and training and scoring tokenise a text the same way.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nanopost import process, world
+from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
+from nanopost.common import RunLog, pick_device, rng_state, set_rng_state, set_seed
+from nanopost.data import load_records, read_jsonl, write_jsonl
+from nanopost.evaluate import chat_complete
+from nanopost.graders import grade_many
+from nanopost.model import ScalarModel
+from nanopost.nexttoken import NonFiniteLoss
+from nanopost.preferences import train_pairs
+from nanopost.tokenizer import ConversationTooLong, render_prompt
+
+
+def encode_chain(tok, prompt, lines, max_len=None):
+    """-> (ids, ends): rendered prompt + each line's tokens + the newline token after every line
+    but the last, which is followed by <|end|>; ends[s] is the index of step s's end token."""
+    ids, ends = render_prompt(tok, prompt), []
+    newline = tok.encode("\n")
+    for s, line in enumerate(lines):
+        ids = ids + tok.encode(line) + (newline if s + 1 < len(lines) else [tok.end_id])
+        ends.append(len(ids) - 1)
+    if max_len is not None and len(ids) > max_len:
+        raise ConversationTooLong(f"prompt + response is {len(ids)} tokens, more than the context ({max_len})")
+    return ids, ends
+
+
+def load_chains(path, tok, max_len, skip_bad=False):
+    """Step-labelled JSONL (process.py's record) -> ([(ids, ends, labels)], report); a bad record
+    stops with 'file:line: reason' (or is skipped and counted with skip_bad)."""
+    def convert(record):
+        prompt, lines, labels = process.check_chain(record, tok, max_len)
+        return (*encode_chain(tok, prompt, lines, max_len), labels)
+    return load_records(path, convert, skip_bad)
+
+
+def chain_batch(chains, pad_id, device="cpu"):
+    """[(ids, ends, labels)] -> idx (B, L) right-padded, and per step (S steps in all): rows (S,),
+    cols (S,) where its end token sits, labels (S,), owner (S,) the chain it belongs to."""
+    L = max(len(ids) for ids, _, _ in chains)
+    idx = torch.full((len(chains), L), pad_id, dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for b, (ids, ends, y) in enumerate(chains):
+        idx[b, :len(ids)] = torch.tensor(ids)
+        rows += [b] * len(ends)
+        cols += ends
+        labels += y
+    t = lambda x, dtype=torch.long: torch.tensor(x, dtype=dtype, device=device)
+    return {"idx": idx.to(device), "rows": t(rows), "cols": t(cols), "labels": t(labels, torch.float32), "owner": t(rows)}
+
+
+def step_logits(prm, batch):
+    """The head's output z_s at each step's end token, (S,). Right padding comes after every end
+    token and causal attention never looks right, so padding cannot change a score."""
+    scores = prm(batch["idx"])                                      # (B, L)
+    return scores[batch["rows"], batch["cols"]].float()
+
+
+def prm_loss(logits, labels, owner, n_chains):
+    """Per-step logistic loss (§6 PRM), averaged over each chain's steps: (n_chains,)."""
+    per_step = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (S,)
+    total = per_step.new_zeros(n_chains).index_add(0, owner, per_step)
+    count = per_step.new_zeros(n_chains).index_add(0, owner, torch.ones_like(per_step))
+    return total / count
+
+
+@torch.no_grad()
+def step_scores(prm, tok, prompts, responses, device="cpu", batch_size=64):
+    """P(step correct) for every line of every response: [[σ(z_1), ..., σ(z_S)]]. A response too
+    long for the context is scored on the steps whose end token fits."""
+    block = prm.gpt.config.block_size
+    out = []
+    for lo in range(0, len(prompts), batch_size):
+        chains = []
+        for prompt, response in zip(prompts[lo:lo + batch_size], responses[lo:lo + batch_size]):
+            ids, ends = encode_chain(tok, prompt, response.split("\n"))
+            ends = [e for e in ends if e < block] or [block - 1]
+            chains.append((ids[:block], ends, [0] * len(ends)))
+        batch = chain_batch(chains, tok.pad_id, device)
+        probs = torch.sigmoid(step_logits(prm, batch)).tolist()
+        owner = batch["owner"].tolist()
+        for b in range(len(chains)):
+            out.append([p for p, o in zip(probs, owner) if o == b])
+    return out
+
+
+def load_prm(path, device="cpu"):
+    """A train_rm.py --kind prm checkpoint -> (ScalarModel, tokenizer, its aggregate)."""
+    state = load_checkpoint(path, device)
+    extra = state["extra"] or {}
+    if state["meta"].get("stage") != "prm" or "head" not in extra:
+        raise ValueError(f"{path} is not a process-reward-model checkpoint (stage {state['meta'].get('stage')!r}); "
+                         f"train one with train_rm.py --kind prm")
+    prm = ScalarModel(state["model"]).to(device)
+    prm.head.load_state_dict(extra["head"])
+    return prm.eval().requires_grad_(False), state["tok"], extra["aggregate"]
+
+
+def prm_scorer(path, device):
+    """The RL reward (rewards.MODEL_REWARDS['prm']): the aggregated step scores of each completion."""
+    prm, tok, how = load_prm(path, device)
+
+    def score(texts, rows):
+        scores = step_scores(prm, tok, [r["prompt"] for r in rows], texts, device)
+        return [{"process_reward_model": process.aggregate(s, how)} for s in scores]
+
+    return score
+
+
+# ----------------------------------------------------------------------------------------------
+# training (train_rm.py --kind prm)
+
+def step_report(chains, scores):
+    """Held-out accuracy of the PRM's step verdicts (σ(z) > 0.5 vs the label): overall, per line
+    position, on correct and on wrong steps, whole-chain verdicts (every step correct or not), and
+    for chains with a wrong step whether the first step it flags is the first wrong one."""
+    hits, by_pos, by_label, chain_ok, first = [], {}, {0: [], 1: []}, [], []
+    for (_, _, labels), probs in zip(chains, scores):
+        verdicts = [int(p > 0.5) for p in probs]
+        for s, (v, y) in enumerate(zip(verdicts, labels)):
+            hits.append(v == y)
+            by_pos.setdefault(s, []).append(v == y)
+            by_label[y].append(v == y)
+        chain_ok.append(all(verdicts) == all(labels))
+        if 0 in labels:
+            first.append(0 in verdicts and verdicts.index(0) == labels.index(0))
+    mean = lambda xs: sum(xs) / max(len(xs), 1)
+    return {"heldout_step_accuracy": mean(hits), "heldout_steps": len(hits),
+            "accuracy_by_position": {str(s): mean(v) for s, v in sorted(by_pos.items())},
+            "accuracy_on_correct_steps": mean(by_label[1]), "accuracy_on_wrong_steps": mean(by_label[0]),
+            "chain_accuracy": mean(chain_ok), "first_error_accuracy": mean(first)}
+
+
+def train(cfg):
+    """train_rm.py --kind prm: cfg is train_rm's RMConfig (n_pairs = built-in training chains)."""
+    if cfg.prm_aggregate not in process.AGGREGATES:
+        raise ValueError(f"unknown --prm_aggregate {cfg.prm_aggregate!r}; use {', '.join(process.AGGREGATES)}")
+    t_start = time.time()
+    out = "runs/prm" if cfg.out == "runs/rm" else cfg.out  # the BT default would overwrite a reward model
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    ckpt_path = os.path.join(out, "ckpt")
+    import train_sft  # the SFT bootstrap, as train_rm.py does
+    init = cfg.init or cached_checkpoint("sft", train_sft.main, cfg.device, cfg.seed)
+    state = load_checkpoint(ckpt_path if cfg.resume else init, device)
+    tok, max_len = state["tok"], state["model"].config.block_size
+    log = RunLog(out, cfg.steps, state["meta"]["step"] if cfg.resume else 0, stage="prm")
+
+    # data: the user's step-labelled JSONL or built-in chains (written out so they can be read)
+    path = cfg.data or os.path.join(out, "chains.jsonl")
+    if not cfg.data:
+        write_jsonl(path, process.chain_records(cfg.n_pairs, "train", cfg.seed, cfg.wrong_step_rate))
+    train_chains, report = load_chains(path, tok, max_len, cfg.skip_bad)
+    eval_path = cfg.eval_data or os.path.join(out, "chains_eval.jsonl")
+    if not cfg.eval_data:
+        write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate))
+    held_out, _ = load_chains(eval_path, tok, max_len)
+    labels = [y for _, _, ys in train_chains for y in ys]
+    log.info(f"{len(train_chains)} training chains ({labels.count(0)} wrong of {len(labels)} steps), "
+             f"{len(held_out)} held-out, init {init}, device {device}")
+
+    prm = ScalarModel(state["model"]).to(device)
+    optimizer = torch.optim.AdamW(prm.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    if cfg.resume:
+        prm.head.load_state_dict(state["extra"]["head"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        set_rng_state(state["rng"])
+
+    def loss_fn(indices, n_total):
+        batch = chain_batch([train_chains[i] for i in indices], tok.pad_id, device)
+        logits = step_logits(prm, batch)                             # (S,)
+        losses = prm_loss(logits, batch["labels"], batch["owner"], len(indices))
+        step_hits = ((logits > 0).float() == batch["labels"]).float()
+        per_chain = torch.zeros(len(indices), device=device).index_add(0, batch["owner"], step_hits)
+        counts = torch.bincount(batch["owner"], minlength=len(indices)).float()
+        return losses.sum() / n_total, {"step_accuracy": (per_chain / counts).sum()}
+
+    def save(step):
+        save_checkpoint(ckpt_path, prm.gpt, tok, step, dataclasses.asdict(cfg), "prm", optimizer, rng_state(),
+                        {"head": prm.head.state_dict(), "aggregate": cfg.prm_aggregate})
+
+    prm.train()
+    try:
+        train_pairs(list(prm.parameters()), optimizer, train_chains, loss_fn, cfg, log,
+                    state["meta"]["step"] if cfg.resume else 0, save)
+    except NonFiniteLoss as e:
+        log.info(str(e))
+        sys.exit(1)
+    save(cfg.steps)
+
+    prm.eval()
+    eval_records = [r for _, r in read_jsonl(eval_path)]
+    scores = step_scores(prm, tok, [r["prompt"] for r in eval_records], [r["response"] for r in eval_records], device)
+    heldout = step_report(held_out, scores)
+    by_family = {}
+    for r, c, s in zip(eval_records, held_out, scores):
+        by_family.setdefault(r.get("family", "all"), ([], []))
+        by_family[r.get("family", "all")][0].append(c)
+        by_family[r.get("family", "all")][1].append(s)
+    heldout["step_accuracy_by_family"] = {f: step_report(c, s)["heldout_step_accuracy"] for f, (c, s) in sorted(by_family.items())}
+    log.info(f"held-out step accuracy {heldout['heldout_step_accuracy']:.3f} {heldout['step_accuracy_by_family']}")
+    return log.finish({"stage": "prm", "steps": cfg.steps, **heldout, "heldout_chains": len(held_out),
+                       "aggregate": cfg.prm_aggregate, "wrong_step_rate": cfg.wrong_step_rate, "data": report,
+                       "wall_s": time.time() - t_start, "ckpt": ckpt_path})
+
+
+# ----------------------------------------------------------------------------------------------
+# best-of-N reranking: python -m nanopost.prm rerank --prm CKPT --n 8
+
+def heldout_prompts(n, seed=0):
+    """Distinct held-out step-by-step prompts (§8 records: prompt, metadata for math_grader, family)."""
+    return [{"prompt": [{"role": "user", "content": t.prompt}], "metadata": t.metadata, "family": t.family}
+            for t in world.sample_tasks(n, "eval", seed, process.FAMILIES, unique=True)]
+
+
+def best_of_n(responses, scores, outcomes, steps_ok, n):
+    """Per prompt (consecutive groups of n samples), the all-steps-correct indicator of the response
+    each rule picks: the highest PRM score; the highest outcome reward (every correct final answer
+    ties: the expectation over the tied ones); a random sample (the expectation: the group's mean);
+    and the oracle (some sample is all-steps-correct). Returns {rule: [value per prompt]}."""
+    picks = {"prm": [], "outcome": [], "random": [], "oracle": []}
+    for lo in range(0, len(responses), n):
+        s, o, ok = scores[lo:lo + n], outcomes[lo:lo + n], steps_ok[lo:lo + n]
+        picks["prm"].append(ok[max(range(len(s)), key=lambda i: s[i])])
+        tied = [i for i in range(len(o)) if o[i] == max(o)]
+        picks["outcome"].append(sum(ok[i] for i in tied) / len(tied))
+        picks["random"].append(sum(ok) / len(ok))
+        picks["oracle"].append(float(any(ok)))
+    return picks
+
+
+def rerank(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nanopost.prm rerank",
+                                description="Best-of-N on held-out step-by-step prompts: the share of picked responses "
+                                            "whose every step is correct, picking by PRM score, by outcome reward "
+                                            "(math_grader on the final answer) or at random.")
+    p.add_argument("--prm", required=True, help="process reward model checkpoint (train_rm.py --kind prm)")
+    p.add_argument("--policy", default="", help="the model that samples (default: the cached SFT model)")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt (N)")
+    p.add_argument("--prompts", type=int, default=200, help="held-out prompts at most (distinct)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 with --n 1: greedy)")
+    p.add_argument("--aggregate", default="", help="min | product | last (default: the PRM's own)")
+    p.add_argument("--max_new_tokens", type=int, default=48, help="tokens per response at most")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
+    p.add_argument("--out", default="", help="write every sample with its labels and scores to this JSONL")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    device = pick_device(args.device)
+    prm, tok, how = load_prm(args.prm, device)
+    how = args.aggregate or how
+    import train_sft
+    policy = load_checkpoint(args.policy or cached_checkpoint("sft", train_sft.main, args.device, args.seed), device)["model"]
+    policy.eval()
+    records = heldout_prompts(args.prompts, args.seed)
+    rows = [r for r in records for _ in range(args.n)]
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    responses = chat_complete(policy, tok, [r["prompt"] for r in rows], args.max_new_tokens,
+                              temperature=args.temperature, generator=generator)
+    scores = [process.aggregate(s, how) for s in step_scores(prm, tok, [r["prompt"] for r in rows], responses, device)]
+    outcomes = [g.get("math_grader", 0.0) for g in grade_many(responses, [r["metadata"] for r in rows])]
+    labels = [process.label_steps(r["prompt"][-1]["content"], text) for r, text in zip(rows, responses)]
+    steps_ok = [float(all(y)) for y in labels]
+    if args.out:
+        write_jsonl(args.out, [{"prompt": r["prompt"], "response": text, "labels": y, "prm_score": s, "outcome": o,
+                                "family": r["family"]} for r, text, y, s, o in zip(rows, responses, labels, scores, outcomes)])
+    mean = lambda xs: sum(xs) / max(len(xs), 1)
+    summary = {"n": args.n, "prompts": len(records), "temperature": args.temperature, "aggregate": how,
+               "sample_all_steps_correct": mean(steps_ok), "sample_answer_correct": mean(outcomes),
+               "answer_correct_but_a_wrong_step": mean([o >= 1 and not ok for o, ok in zip(outcomes, steps_ok)])}
+    for family in ["all"] + sorted(process.FAMILIES):
+        keep = [i for i, r in enumerate(records) if family in ("all", r["family"])]
+        rows_kept = [j for i in keep for j in range(i * args.n, (i + 1) * args.n)]
+        picks = best_of_n([responses[j] for j in rows_kept], [scores[j] for j in rows_kept],
+                          [outcomes[j] for j in rows_kept], [steps_ok[j] for j in rows_kept], args.n)
+        summary[f"all_steps_correct/{family}"] = {rule: mean(v) for rule, v in picks.items()}
+        summary[f"prompts/{family}"] = len(keep)
+    summary["wall_s"] = time.time() - t0
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["rerank"]:
+        sys.exit("usage: python -m nanopost.prm rerank --prm CKPT [--n 8] (see --help)")
+    rerank(sys.argv[2:])

@@ -1,0 +1,217 @@
+"""Process supervision (§6): the step verifier on hand-made chains, injected wrong steps, the
+aggregation of step scores, the record format and its errors, the PRM's step-end reading and
+loss, and smoke runs of train_rm.py --kind prm, --reward prm:CKPT and best-of-N reranking."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import train_base
+import train_rl
+import train_rm
+import train_sft
+from nanopost import prm, process
+from nanopost.data import DataError, write_jsonl
+from nanopost.model import GPT, GPTConfig, ScalarModel
+from nanopost.tokenizer import Tokenizer
+
+STEPS = "Compute 3 + 4 * 5 step by step."
+ROOTS = "Solve: (x - 3)(x + 5) = 0. Give the roots separated by commas after 'Answer:'."
+
+
+# ---------------------------------------------------------------------------------------------
+# the verifier
+
+@pytest.mark.parametrize("response, labels", [
+    ("4 * 5 = 20\n3 + 20 = 23\nAnswer: 23", [1, 1, 1]),   # correct chain
+    ("5 * 4 = 20\n20 + 3 = 23\nAnswer: 23", [1, 1, 1]),   # operands of + and * in either order
+    ("4 * 5 = 21\n3 + 21 = 24\nAnswer: 24", [0, 1, 1]),   # wrong step, propagated: wrong answer
+    ("4 * 5 = 21\n3 + 20 = 23\nAnswer: 23", [0, 0, 0]),   # wrong step, right answer: later lines do not follow
+    ("4 * 5 = 20\n3 + 20 = 22\nAnswer: 23", [1, 0, 0]),   # right answer that the steps do not reach
+    ("4 * 5 = 20\n3 + 20 = 23\nAnswer: 24", [1, 1, 0]),   # wrong final line
+    ("3 + 4 = 7\n7 * 5 = 35\nAnswer: 35", [0, 0, 0]),     # the wrong order of operations
+    ("3 + 4 * 5 = 23\nAnswer: 23", [1, 1]),               # one step doing everything, exactly
+    ("4 * 5 = 20\nAnswer: 20", [1, 0]),                   # answer before the work is done
+    ("4 * 5 = 20\nthen add 3\nAnswer: 23", [1, 0, 0]),    # a line that is no step
+])
+def test_step_labels_of_hand_made_chains(response, labels):
+    assert process.label_steps(STEPS, response) == labels
+
+
+@pytest.mark.parametrize("response, labels", [
+    ("x - 3 = 0, so x = 3\nx + 5 = 0, so x = -5\nAnswer: -5, 3", [1, 1, 1]),
+    ("x + 5 = 0, so x = -5\nx - 3 = 0, so x = 3\nAnswer: 3, -5", [1, 1, 1]),  # any order
+    ("x - 3 = 0, so x = 4\nx + 5 = 0, so x = -5\nAnswer: -5, 4", [0, 1, 1]),  # propagated
+    ("x - 3 = 0, so x = 4\nx + 5 = 0, so x = -5\nAnswer: -5, 3", [0, 1, 0]),  # right answer after a wrong step
+    ("x - 3 = 0, so x = 3\nx - 5 = 0, so x = 5\nAnswer: 3, 5", [1, 0, 0]),    # a factor the problem lacks
+    ("x - 3 = 0, so x = 3\nx + 5 = 0, so x = -5\nSo x = 3 or x = -5.", [1, 1, 0]),  # prose, no answer line
+])
+def test_roots_step_labels(response, labels):
+    assert process.label_steps(ROOTS, response) == labels
+
+
+def test_verifier_refuses_unknown_problems():
+    with pytest.raises(ValueError, match="step-by-step"):
+        process.label_steps("What is the capital of France?", "Paris")
+
+
+def test_expressions_parse_exactly():
+    assert process.parse_expr("(3 + 4) * 5") == ("*", ("+", 3, 4), 5)
+    assert process.evaluate(process.parse_expr("2 + 3 * 4 - 5")) == 9
+    assert process.render(process.parse_expr("(3 + 4) * 5")) == "(3 + 4) * 5"
+    for bad in ["3 +", "(3 + 4", "x", "3 4", "3 / 4"]:
+        with pytest.raises(ValueError):
+            process.parse_expr(bad)
+
+
+def test_injected_chains_cover_both_cases_and_match_the_verifier():
+    problem = process.problem_of(STEPS)
+    assert process.write_chain(problem) == ["4 * 5 = 20", "3 + 20 = 23", "Answer: 23"]
+    assert process.write_chain(problem, 0, 1, propagate=True) == ["4 * 5 = 21", "3 + 21 = 24", "Answer: 24"]
+    assert process.write_chain(problem, 0, 1, propagate=False) == ["4 * 5 = 21", "3 + 20 = 23", "Answer: 23"]
+    records = process.chain_records(600, "train", seed=0, wrong_step_rate=0.5)
+    injected = [r for r in records if r["injected"]]
+    assert 0.4 < len(injected) / len(records) < 0.6
+    assert all(r["labels"] == [1] * len(r["labels"]) for r in records if not r["injected"])
+    for r in injected:  # exactly the injected line is wrong when the error propagates
+        assert r["labels"][r["injected"]["line"]] == 0
+        if r["injected"]["propagate"]:
+            assert r["labels"].count(0) == 1
+    # both "right final answer after a wrong step" and "wrong answer from a wrong step" occur
+    right = [r for r in injected if r["response"].rsplit("Answer: ", 1)[1] == r["metadata"]["ground_truth"]]
+    assert right and len(right) < len(injected)
+    assert {r["family"] for r in records} == {"steps", "roots"}
+    assert process.chain_records(10, "train", seed=0, wrong_step_rate=0.0)[0]["injected"] is None
+
+
+@pytest.mark.parametrize("how, expected", [("min", 0.2), ("product", 0.9 * 0.2 * 0.8), ("last", 0.8)])
+def test_aggregation_of_hand_made_step_scores(how, expected):
+    assert process.aggregate([0.9, 0.2, 0.8], how) == pytest.approx(expected)
+    assert process.aggregate([0.7], how) == pytest.approx(0.7)
+
+
+def test_aggregation_refuses_empty_and_unknown():
+    with pytest.raises(ValueError):
+        process.aggregate([], "min")
+    with pytest.raises(ValueError, match="unknown aggregate"):
+        process.aggregate([0.5], "mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# records, encoding, the head and the loss
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train("4 * 5 = 20\n3 + 20 = 23\nAnswer: 23 Compute step by step. x - 3 = 0, so x = 3 " * 20, 300)
+
+
+def test_bad_records_name_file_and_line(tok, tmp_path):
+    good = {"prompt": [{"role": "user", "content": STEPS}], "response": "4 * 5 = 20\nAnswer: 20", "labels": [1, 0]}
+    for bad, reason in [({**good, "labels": [1]}, "one label per line"), ({**good, "labels": [1, 2]}, "0 .wrong step"),
+                        ({**good, "labels": [True, 0]}, "0 .wrong step"), ({**good, "response": ""}, "non-empty"),
+                        ({**good, "prompt": [{"role": "assistant", "content": "x"}]}, "user turn"),
+                        ({"prompt": good["prompt"], "labels": [1]}, "response")]:
+        path = tmp_path / "chains.jsonl"
+        write_jsonl(path, [good, good, bad])
+        with pytest.raises(DataError, match=rf"chains.jsonl:3: .*{reason}"):
+            prm.load_chains(str(path), tok, 256)
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "labels": [1]}) + "\n")
+    chains, report = prm.load_chains(str(path), tok, 256, skip_bad=True)
+    assert len(chains) == 1 and report["skipped"] == 1
+
+
+def test_step_ends_are_the_newlines_and_the_final_end_token(tok):
+    prompt = [{"role": "user", "content": STEPS}]
+    ids, ends = prm.encode_chain(tok, prompt, ["4 * 5 = 20", "3 + 20 = 23", "Answer: 23"])
+    newline = tok.encode("\n")
+    assert len(newline) == 1 and [ids[e] for e in ends] == newline * 2 + [tok.end_id]
+    assert ends[-1] == len(ids) - 1
+    assert tok.decode(ids[ends[0] + 1:ends[1]]) == "3 + 20 = 23"
+
+
+def test_head_reads_each_step_end_whatever_the_padding(tok):
+    torch.manual_seed(0)
+    model = ScalarModel(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)))
+    torch.nn.init.normal_(model.head.weight)  # a non-zero head, so scores differ between positions
+    prompt = [{"role": "user", "content": STEPS}]
+    short = (*prm.encode_chain(tok, prompt, ["Answer: 23"]), [1])
+    long = (*prm.encode_chain(tok, prompt, ["4 * 5 = 20", "3 + 20 = 23", "Answer: 23"]), [1, 1, 0])
+    alone = prm.step_logits(model, prm.chain_batch([short], tok.pad_id))
+    batch = prm.chain_batch([short, long], tok.pad_id)
+    together = prm.step_logits(model, batch)
+    assert batch["idx"].size(1) > len(short[0])  # the short chain is padded
+    torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=0)
+    full = model(batch["idx"])  # by hand: the scalar at each end token
+    expected = [full[0, short[1][0]]] + [full[1, e] for e in long[1]]
+    torch.testing.assert_close(together, torch.stack(expected), atol=1e-6, rtol=0)
+    assert batch["labels"].tolist() == [1, 1, 1, 0] and batch["owner"].tolist() == [0, 1, 1, 1]
+
+
+def test_prm_loss_is_the_per_chain_mean_of_step_log_losses():
+    logits = torch.tensor([0.0, 2.0, -1.0, 0.5], dtype=torch.float64)
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    owner = torch.tensor([0, 1, 1, 1])
+    sig = lambda z: 1 / (1 + math.exp(-z))
+    chain0 = -math.log(sig(0.0))
+    chain1 = (-math.log(1 - sig(2.0)) - math.log(1 - sig(-1.0)) - math.log(sig(0.5))) / 3
+    torch.testing.assert_close(prm.prm_loss(logits, labels, owner, 2), torch.tensor([chain0, chain1], dtype=torch.float64))
+
+
+def test_best_of_n_picks():
+    ok = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]     # two prompts, N = 3
+    scores = [0.9, 0.1, 0.5, 0.8, 0.2, 0.3]
+    outcomes = [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    picks = prm.best_of_n(ok, scores, outcomes, ok, 3)
+    assert picks["prm"] == [1.0, 0.0]
+    assert picks["outcome"] == [0.5, 0.5]   # the correct final answers tie
+    assert picks["random"] == pytest.approx([1 / 3, 1 / 3]) and picks["oracle"] == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# smoke runs from the command-line entry points
+
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prm_models")
+    train_base.main(["--out", str(root / "base"), "--steps", "2", "--n_docs", "200", "--batch_size", "4",
+                     "--log_every", "10"])
+    train_sft.main(["--init", str(root / "base" / "ckpt"), "--out", str(root / "sft"), "--steps", "1",
+                    "--n_train", "40", "--eval_per_family", "1", "--batch_size", "4", "--log_every", "10"])
+    return str(root / "sft" / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def trained_prm(sft, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prm")
+    summary = train_rm.main(["--kind", "prm", "--init", sft, "--out", str(out), "--steps", "2", "--n_pairs", "24",
+                             "--batch_size", "4", "--micro_batch_size", "2", "--log_every", "1", "--device", "cpu"])
+    return str(out), summary
+
+
+def test_prm_training_run(trained_prm):
+    out, summary = trained_prm
+    assert summary["stage"] == "prm" and 0 <= summary["heldout_step_accuracy"] <= 1
+    assert set(summary["step_accuracy_by_family"]) == {"steps", "roots"} and summary["heldout_steps"] > 0
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        first = json.loads(f.readline())
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # a zero head: σ(0) = ½ on every step
+    model, tok, how = prm.load_prm(os.path.join(out, "ckpt"))
+    assert how == "min"
+    with pytest.raises(ValueError, match="unknown --prm_aggregate"):
+        train_rm.main(["--kind", "prm", "--prm_aggregate", "mean", "--out", out])
+
+
+def test_prm_as_rl_reward_and_for_reranking(sft, trained_prm, tmp_path):
+    summary = train_rl.main(["--init", sft, "--out", str(tmp_path / "rl"), "--reward", f"prm:{trained_prm[0]}/ckpt",
+                             "--steps", "1", "--prompts_per_step", "2", "--num_generations", "2",
+                             "--max_completion_length", "8", "--eval_prompts", "4", "--log_every", "1", "--device", "cpu"])
+    assert set(summary["accuracy_by_family_before"]) <= {"steps", "roots"}  # the PRM's own prompts
+    with open(tmp_path / "rl" / "metrics.jsonl") as f:
+        assert "rewards/process_reward_model/mean" in json.loads(f.readline())
+    with pytest.raises(ValueError, match="not a process-reward-model checkpoint"):
+        train_rl.main(["--init", sft, "--out", str(tmp_path / "x"), "--reward", f"prm:{sft}", "--steps", "1"])
+    result = prm.rerank(["--prm", f"{trained_prm[0]}/ckpt", "--policy", sft, "--n", "2", "--prompts", "3",
+                         "--max_new_tokens", "8", "--device", "cpu"])
+    assert result["prompts"] == 3 and set(result["all_steps_correct/all"]) == {"prm", "outcome", "random", "oracle"}
