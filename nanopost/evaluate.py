@@ -102,4 +102,18 @@ def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48)
         by_family.setdefault(record.get("family", "all"), []).append(ok)
     mean = lambda xs: sum(xs) / max(len(xs), 1)
     return {"all": mean(correct), "by_grader": {k: mean(v) for k, v in sorted(by_grader.items())},
-            "by_family": {k: mean(v) for k, v in sorted(by_family.items())}}, replies
+            "by_family": {k: mean(v) for k, v in sorted(by_family.items())}, "correct": correct}, replies
+
+
+def sampled_pass_at_k(model, tok, records, n, ks, temperature=0.7, suites_dir=None, max_new_tokens=48, seed=0):
+    """§10 pass@k: n sampled replies per §8 record, graded like verifiable_accuracy; c correct of n
+    gives each record's unbiased pass@k = 1 - C(n-c, k)/C(n, k) (evals.pass_at_k), averaged over
+    records with a bootstrap interval. -> ({"pass@k": {mean, low, high, n}, ...}, correct counts)."""
+    from nanopost.evals import mean_with_interval, pass_at_k
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    replies = chat_complete(model, tok, [r["prompt"] for r in records for _ in range(n)], max_new_tokens,
+                            temperature=temperature, generator=generator)
+    graded = grade_many(replies, [r["metadata"] for r in records for _ in range(n)], suites_dir=suites_dir)
+    ok = [bool(s) and all(v >= 1.0 for v in s.values()) for s in graded]
+    counts = [sum(ok[i * n:(i + 1) * n]) for i in range(len(records))]
+    return {f"pass@{k}": mean_with_interval([pass_at_k(n, c, k) for c in counts]) for k in ks}, counts
