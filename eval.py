@@ -42,7 +42,7 @@ from nanopost.llm_judge import (POINTWISE_RUBRIC, judge_questions, model_pointwi
                                 pointwise_scores, win_rate)
 from nanopost.preferences import last_token_rewards, load_reward_model
 from nanopost.report import format_table, interval_rows
-from nanopost.tokenizer import render_conversation
+from nanopost.tokenizer import render_prompt
 
 TASK_FAMILIES = ("arithmetic", "code", "roots", "steps")  # the world's families with a verifiable grader
 SECTIONS = ("tasks", "passk", "ifeval", "mc", "ppl", "prefs", "golden")
@@ -203,8 +203,8 @@ def preference_section(model, tok, prefs, questions, baseline_answers, judge_sta
     det = {"answers": answers}
     if rm is not None:
         rm_model, rm_tok, stats = rm
-        rows = [render_conversation(rm_tok, p["prompt"] + [{"role": "assistant", "content": a or " "}])[0]
-                for p, a in zip(prefs, answers)]
+        # render_conversation's layout, by hand: an empty answer is scored too, not refused
+        rows = [render_prompt(rm_tok, p["prompt"]) + rm_tok.encode(a) + [rm_tok.end_id] for p, a in zip(prefs, answers)]
         idx = torch.full((len(rows), max(map(len, rows))), rm_tok.pad_id, dtype=torch.long)
         for b, r in enumerate(rows):
             idx[b, :len(r)] = torch.tensor(r)
