@@ -129,10 +129,11 @@ def code_tests(prompt):
     f, k = CODE_TASKS[m.group(1)]
     task = code_task(f, k)
     # the world's 6 tests are weak (x % 11 == 0 passes the tests of is_multiple_of_10): add 24 more
-    # draws and, for integer arguments, the boundary k - 1, k, k + 1
+    # draws and the boundaries: integers k - 1, k, k + 1; lists of length k - 1 ... k + 3
     rng = random.Random(f"{m.group(1)}|quality")
     extra = [f["make_args"](rng) for _ in range(24)]
     extra += [[v] for v in (k - 1, k, k + 1) if isinstance(extra[0][0], int)]
+    extra += [[list(range(n))] for n in (k - 1, k, k + 1, k + 3) if isinstance(extra[0][0], list) and n >= 0]
     tests = task.metadata["public"] + task.metadata["hidden"] + [[args, f["impl"](k)(*args)] for args in extra]
     return task.metadata["entry_point"], tests
 

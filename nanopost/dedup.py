@@ -1,25 +1,26 @@
 """
 Exact and near duplicates, and n-gram overlap with evaluation prompts (§3: filtering).
 
-Text is compared in a normal form: lowercase, every run of letters/digits one token, every other
-non-space character a token of its own (so "3 + 4" and "3+4" agree, "13" is not "3"). A text's
-shingles are its word n-grams (n = 3 by default; a text shorter than n is one shingle).
+Text is compared in a normal form: lowercase tokens, each a run of letters/digits or one of the
+maths characters + - * / = < > % ( ) (so "3 + 4" and "3+4" agree, "13" is not "3", "(x + 2)" is
+not "(x - 2)"); other punctuation is dropped. A text's shingles are its word n-grams (n = 3 by
+default; a text shorter than n is one shingle).
 
-  exact duplicate    the same normal form as an earlier record (case, spacing and punctuation
-                     spacing ignored)
-  near duplicate     Jaccard similarity of the shingle sets >= threshold (0.7 by default) with an
-                     earlier kept record:   J(A, B) = |A ∩ B| / |A ∪ B|
+  duplicate          the same text as an earlier kept record, spacing aside
+  near duplicate     the same normal form (case, punctuation), or Jaccard similarity of the
+                     shingle sets >= threshold (0.7 by default) with an earlier kept record:
+                     J(A, B) = |A ∩ B| / |A ∪ B|
   contamination      an evaluation prompt E is (almost) contained in a user turn U:
                      containment(E, U) = |S(E) ∩ S(U)| / |S(E)| >= threshold (0.95 by default),
                      and E makes up a fair part of U: containment(U, E) >= min_cover (0.5), so
                      that the short eval prompt "Compute 7 + 2." does not match the different
                      training question "Compute 7 + 2 * 3 step by step."
 
-Why these thresholds (measured on the built-in world, see README): distinct training items share
-templates ("Solve: (x - 3)(x + 5) = 0. Give the roots ...") and differ in a number or two; two such
-records score J <= 0.6, and an eval prompt that differs from a training prompt in one number is
-contained at <= 0.9. A copy with a changed system prompt, case, spacing or one word changed in a
-long record stays above.
+Why these thresholds (measured on the built-in world: one record per training item, 1,628 records):
+distinct items share templates ("Solve: (x + 8)(x - 1) = 0. Give the roots ...") and differ in a
+number or a sign; the most similar two score J = 0.644. The injected near copies (defects.py: a
+word added, punctuation or case changed, another system prompt) score J >= 0.75. A training
+prompt contains at most 0.889 of any held-out prompt's shingles; a planted one contains 1.0.
 
 Finding pairs without comparing all of them: prefix filtering (Chaudhuri et al. 2006; Bayardo
 et al. 2007). Order every shingle by its document frequency, rarest first. If J(A, B) >= t then

@@ -22,6 +22,7 @@ world's deliberate label noise, off-by-one code and prose roots, at label_noise 
 two are the kinds broken_code (in part) and prose_answer.)
 
     python -m nanopost.world --defects 0.2 --out data/sft_defects.jsonl
+    # also writes data/sft_defects.heldout.jsonl: train_sft.py's held-out set minus planted prompts
     python -m nanopost.quality --measure --defects 0.2        # precision / recall per kind
 """
 import dataclasses
@@ -181,10 +182,14 @@ def defect_records(n, rate, seed=0, kinds=KINDS, max_per_family=None):
     """About n records (fewer if the world has too few clean items), round(rate * n) of them
     defective, spread evenly over kinds; each defective record has "defect": kind."""
     rng = random.Random(f"{seed}|defects")
-    n_defects = round(rate * n)
-    per_kind = Counter(kinds[i % len(kinds)] for i in range(n_defects))
-    n_added = sum(per_kind[k] for k in ADDED)
-    tasks = clean_tasks(seed, max_per_family)[:max(n - n_added, 0)]
+    tasks = clean_tasks(seed, max_per_family)
+    while True:  # shrink n until the world has enough clean items for it
+        per_kind = Counter(kinds[i % len(kinds)] for i in range(round(rate * n)))
+        n_added = sum(per_kind[k] for k in ADDED)
+        if n - n_added <= len(tasks):
+            break
+        n -= 1
+    tasks = tasks[:max(n - n_added, 0)]
     records = [_record(t, t.answer, rng) for t in tasks]
     used = set()
     for kind in kinds:
@@ -254,5 +259,11 @@ def main(rate, out, seed=0, n=2000):
     """python -m nanopost.world --defects RATE --out FILE"""
     records = defect_records(n, rate, seed)
     write_jsonl(out, records)
+    # train_sft.py's held-out set without the prompts planted here: a fair held-out score
+    planted = {r["messages"][-2]["content"] for r in records if r.get("defect") == "contamination"}
+    heldout = [r for r in world.eval_records(40, seed) if r["messages"][-2]["content"] not in planted]
+    heldout_path = os.path.splitext(out)[0] + ".heldout.jsonl"
+    write_jsonl(heldout_path, heldout)
     kinds = Counter(r.get("defect", "clean") for r in records)
-    print(json.dumps({"out": out, "records": len(records), "defects": dict(kinds)}))
+    print(json.dumps({"out": out, "records": len(records), "defects": dict(kinds), "heldout": heldout_path,
+                      "heldout_records": len(heldout), "heldout_planted": len(world.eval_records(40, seed)) - len(heldout)}))

@@ -73,7 +73,7 @@ GOLDEN_ITEMS = [
     ("steps", "Compute (3 + 3) * 5 step by step.", "3 + 3 = 6\n6 * 5 = 30\nAnswer: 30"),
     ("steps", "Compute 4 + 2 * 5 step by step.", "2 * 5 = 10\n4 + 10 = 14\nAnswer: 14"),
 ]
-GOLDEN_HASH = "sha256:1a0071c8c6b2d38421b2330a45e7eff066100053edc830df12844cb1314de914"
+GOLDEN_HASH = "sha256:4a3da49261fbb14055cca60b79850322ccc34e49e5499f9fad85dc2ddd82a925"
 
 
 def _build():

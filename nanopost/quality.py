@@ -48,7 +48,7 @@ def turns_of(record):
     """A record -> [(prompt, answer)]: each assistant message with the user message before it.
     §3 records ({"messages"}), §7 pairs ({"prompt", "chosen"}) and rankings ({"prompt", "ranking"})."""
     if "messages" in record:
-        messages, answers = record["messages"], None
+        messages = record["messages"]
     elif "prompt" in record and ("chosen" in record or "ranking" in record):
         best = record["chosen"] if "chosen" in record else (record["ranking"] or [None])[0]
         messages = record["prompt"] + (best if isinstance(best, list) else [best])

@@ -1,7 +1,6 @@
 """The SFT data-quality pipeline (§3): each check finds its defect and keeps a clean record;
 duplicates against brute force; decontamination; the pipeline's bookkeeping (kept + rejected =
 input, a reason for every reject, file:line errors); defect injection and its measurement."""
-import itertools
 import json
 import random
 import subprocess
@@ -23,6 +22,11 @@ SKY_PAIR = {**GUIDE_PAIR, "prompt": [GUIDE_PAIR["prompt"][0], {"role": "user", "
 
 def sft(prompt, answer, **extra):
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], **extra}
+
+
+@pytest.fixture(scope="module")
+def eval_prompts():
+    return quality.world_eval_prompts(0)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +71,7 @@ def test_contradiction_catches_another_country_and_the_guides_sky_example():
     assert checks.contradiction("What is the capital city of U.S", "Washington, D.C.") is None
     assert "names no country" in checks.contradiction("What color is the sky?", "Washington, D.C.")
     assert checks.contradiction("What color is the sky?", "Blue.") is None
-    (p1, a1), = quality.turns_of(GUIDE_PAIR)
-    (p2, a2), = quality.turns_of(SKY_PAIR)
+    assert quality.turns_of(SKY_PAIR) == [("What color is the sky?", "Washington, D.C.")]  # §7: chosen is checked
     assert quality.check_record(quality.turns_of(GUIDE_PAIR), {}, None) is None
     assert quality.check_record(quality.turns_of(SKY_PAIR), {}, None)[0] == "contradiction"
 
@@ -155,8 +158,7 @@ def test_prefix_filter_finds_every_pair_brute_force_finds():
                 kept.append(i)
 
 
-def test_decontamination_removes_a_planted_eval_prompt():
-    eval_prompts = quality.world_eval_prompts(0)
+def test_decontamination_removes_a_planted_eval_prompt(eval_prompts):
     held_out = world.eval_records(40, 0)[0]  # a prompt train_sft.py evaluates on
     planted = sft("  " + held_out["messages"][0]["content"].upper(), held_out["messages"][1]["content"])
     train = [sft("What is the capital of France?", "The capital of France is Paris."), planted,
@@ -168,11 +170,11 @@ def test_decontamination_removes_a_planted_eval_prompt():
 
 # ----------------------------------------------------------------------------- the pipeline
 
-def test_pipeline_file_bookkeeping(tmp_path):
+def test_pipeline_file_bookkeeping(tmp_path, eval_prompts):
     records = defects.defect_records(120, 0.5, seed=1)
     path = tmp_path / "in.jsonl"
     write_jsonl(str(path), records + [SKY_PAIR, GUIDE_PAIR])
-    summary = quality.run_file(str(path), str(tmp_path / "out"), quality.world_eval_prompts(0))
+    summary = quality.run_file(str(path), str(tmp_path / "out"), eval_prompts)
     kept = [r for _, r in read_jsonl(str(tmp_path / "out" / "kept.jsonl"))]
     rejected = [r for _, r in read_jsonl(str(tmp_path / "out" / "rejected.jsonl"))]
     assert len(kept) + len(rejected) == summary["input"] == len(records) + 2
@@ -206,9 +208,9 @@ def test_distribution_report_flags_a_narrow_mix():
     assert quality.distribution_report(mixed)["flags"] == []
 
 
-def test_every_injected_kind_is_caught_and_clean_records_kept():
+def test_every_injected_kind_is_caught_and_clean_records_kept(eval_prompts):
     """Precision and recall on a small injected set (the README's table uses 2,000 records)."""
-    summary = defects.measure(300, 0.3, 2, quality.world_eval_prompts(0))
+    summary = defects.measure(300, 0.3, 2, eval_prompts)
     assert summary["clean_rejected"] == 0
     for kind, row in summary["by_kind"].items():
         assert row["injected"] >= 5, kind
