@@ -18,7 +18,7 @@ The suite, per checkpoint (every number with its 95% interval: Wilson for rates,
   prefs      on the held-out preference questions: the ground-truth preference rate of greedy answers;
              the reward model's mean score (--rm); the judge's pairwise win rate against --baseline
              (both orders, ties counted) and its pointwise 1-5 score (nanopost/llm_judge.py)
-  golden     the golden set (nanopost/golden.py, when present), to see drift across stages
+  golden     the golden set (nanopost/golden.py: 36 frozen prompts, 6 per family), to see drift across stages
 Each checkpoint's table goes to stdout; the last stdout line is the JSON summary (also in
 OUT/summary.json; per-item details in OUT/details.json). A pipeline calls evaluate_checkpoints().
 """
@@ -227,15 +227,15 @@ def preference_section(model, tok, prefs, questions, baseline_answers, judge_sta
 
 
 def golden_section(model, tok, det):
-    """nanopost.golden.score_golden (branch quality) when present: overall and per family, with intervals."""
-    try:
-        from nanopost.golden import score_golden
-    except ImportError:
-        return {"skipped": "nanopost/golden.py is not present"}
+    """The golden set (nanopost/golden.py): accuracy overall and per family, with Wilson intervals."""
+    from nanopost.golden import score_golden
     scored = score_golden(model, tok)
-    det["golden"] = scored.get("per_item")
-    return {k: v for k, v in scored.items() if k != "per_item"}
-
+    det["golden"] = scored["items"]
+    out = {"all": rate_with_interval(int(sum(r["correct"] for r in scored["items"])), len(scored["items"]))}
+    for family in sorted({r["family"] for r in scored["items"]}):
+        ok = [r["correct"] for r in scored["items"] if r["family"] == family]
+        out[family] = rate_with_interval(int(sum(ok)), len(ok))
+    return out
 
 if __name__ == "__main__":
     main()

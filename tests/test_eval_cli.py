@@ -6,7 +6,6 @@ import json
 import math
 import os
 import sys
-import types
 
 import pytest
 import torch
@@ -43,6 +42,7 @@ def test_eval_quick_smoke_then_report(runs):
     for key in ("tasks", "passk", "ifeval", "mc", "ppl", "prefs", "golden"):
         assert key in sft, key
     assert set(sft["tasks"]) == {"all", "arithmetic", "code", "roots", "steps"}
+    assert sft["golden"]["all"]["n"] == 36 and "facts" in sft["golden"]
     assert {"pass@1", "pass@2"} <= set(sft["passk"])
     assert {"prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"} <= set(sft["ifeval"])
     for rate in (sft["tasks"]["all"], sft["ifeval"]["prompt_loose"], sft["mc"]["letter"], sft["prefs"]["gold_rate"]):
@@ -82,18 +82,19 @@ def test_eval_table_and_sections_flag(runs, capsys):
         eval_script.evaluate_checkpoints([str(runs / "sft" / "ckpt")], sections="nope", out=str(runs / "x"))
 
 
-def test_golden_hook_uses_score_golden(runs, monkeypatch):
-    fake = types.ModuleType("nanopost.golden")
-    fake.score_golden = lambda model, tok: {"overall": {"rate": 0.5, "low": 0.2, "high": 0.8, "n": 4},
-                                            "by_family": {"facts": {"rate": 1.0, "low": 0.3, "high": 1.0, "n": 2}},
-                                            "per_item": [{"id": 1, "ok": True}]}
-    monkeypatch.setitem(sys.modules, "nanopost.golden", fake)
+def test_golden_section_adds_intervals_to_score_golden(runs, monkeypatch):
+    import nanopost.golden
+    items = [{"id": i, "family": f, "correct": c} for i, (f, c) in
+             enumerate([("facts", 1.0), ("facts", 0.0), ("code", 1.0), ("code", 1.0), ("code", 0.0)])]
+    monkeypatch.setattr(nanopost.golden, "score_golden", lambda model, tok: {"accuracy": 0.6, "items": items})
     summary = eval_script.evaluate_checkpoints([str(runs / "sft" / "ckpt")], sections="golden",
                                                out=str(runs / "eval_golden"))
     golden = summary["checkpoints"][str(runs / "sft" / "ckpt")]["golden"]
-    assert golden["overall"]["rate"] == 0.5 and "per_item" not in golden
+    assert golden["all"]["rate"] == pytest.approx(0.6) and golden["all"]["n"] == 5
+    assert golden["code"]["rate"] == pytest.approx(2 / 3) and golden["facts"]["n"] == 2
+    assert golden["all"]["low"] < 0.6 < golden["all"]["high"]
     details = json.load(open(runs / "eval_golden" / "details.json"))
-    assert details[str(runs / "sft" / "ckpt")]["golden"] == [{"id": 1, "ok": True}]
+    assert details[str(runs / "sft" / "ckpt")]["golden"] == items
 
 
 def test_human_cli_generates_responses_once(runs, tmp_path):
