@@ -41,11 +41,14 @@ from nanopost.knowledge import fact_questions, multiple_choice, perplexity
 from nanopost.llm_judge import (POINTWISE_RUBRIC, judge_questions, model_pointwise, pairwise_outcomes,
                                 pointwise_scores, win_rate)
 from nanopost.preferences import last_token_rewards, load_reward_model
-from nanopost.report import format_table, interval_rows
+from nanopost.report import format_table, interval_rows, markdown_table
 from nanopost.tokenizer import render_prompt
 
 TASK_FAMILIES = ("arithmetic", "code", "roots", "steps")  # the world's families with a verifiable grader
 SECTIONS = ("tasks", "passk", "ifeval", "mc", "ppl", "prefs", "golden")
+HEADLINE = {"tasks/all", "passk/pass@1", "passk/pass@4", "passk/pass@8", "ifeval/prompt_strict", "ifeval/prompt_loose",
+            "ifeval/instruction_strict", "ifeval/instruction_loose", "mc/letter", "mc/option", "ppl", "prefs/gold_rate",
+            "prefs/rm_score", "prefs/judge_pairwise", "prefs/judge_pointwise", "golden/all", "eval_s"}
 
 
 @dataclasses.dataclass
@@ -186,6 +189,10 @@ def run(cfg):
         print(format_table(interval_rows(res), f"\n== {path} (stage {res['stage']}, step {res['step']}) =="))
         log.log(i + 1, ckpt=path, eval_s=res["eval_s"])
 
+    if len(results) > 1:  # the headline rows side by side
+        columns = {path: {r[0]: r for r in interval_rows(res)} for path, res in results.items()}
+        keys = [k for k in dict.fromkeys(k for c in columns.values() for k in c) if k in HEADLINE]
+        print("\n" + markdown_table(columns, keys))
     with open(os.path.join(cfg.out, "details.json"), "w") as f:
         json.dump(details, f, indent=1)
     return log.finish({"stage": "eval", "checkpoints": results, "baseline": cfg.baseline or None,

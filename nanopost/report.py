@@ -61,6 +61,19 @@ def format_table(rows, title=""):
     return "\n".join(out)
 
 
+def markdown_table(columns, keys=None):
+    """{column name: {row key: (name, value, low, high, n)}} -> a Markdown table, one column per
+    name, rows in `keys` order (default: every key, first seen first); '–' where a column lacks a row."""
+    names = list(columns)
+    if keys is None:
+        keys = list(dict.fromkeys(k for n in names for k in columns[n]))
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        cells = [cell(*columns[n][key][1:4]) if key in columns[n] else "–" for n in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _read_run(run_dir):
     path = os.path.join(run_dir, "summary.json")
     if not os.path.exists(path):
@@ -112,11 +125,7 @@ def report_card(run_dirs, out, plots=True):
         keys += [k for k in columns[name] if k not in keys]
     keys = [k for k in keys if not k.startswith("eval/")] + [k for k in keys if k.startswith("eval/")]
     lines = ["# Report card", "", "Columns are stages (run folders); eval/ rows come from `eval.py` "
-             "(95% intervals: Wilson for rates, bootstrap for means).", "",
-             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for key in keys:
-        cells = [cell(*columns[n][key][1:4]) if key in columns[n] else "–" for n in names]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+             "(95% intervals: Wilson for rates, bootstrap for means).", "", markdown_table(columns, keys)]
     pngs, have_mpl = (_plot_curves(curves, out) if plots else ([], False))
     lines += [""] + ([f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs] if have_mpl else
                      ["(training curves not drawn: matplotlib is not installed; `pip install matplotlib` for PNGs)"])
