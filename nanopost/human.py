@@ -217,6 +217,10 @@ def main(argv=None):
         prompts = [r for _, r in read_jsonl(args.prompts)] if args.prompts else default_prompts(args.n, args.seed)
         generate_responses(args.ckpt, prompts, path, args.device)
     responses = load_responses(path)
+    models = sorted({m for item in responses.values() for m in item})
+    if args.ckpt and sorted(args.ckpt) != models:
+        print(f"note: {path} exists, so its answers (models {models}) are rated, not --ckpt's; "
+              f"use another --out for other checkpoints", file=sys.stderr)
     answers = None
     if args.answers:
         with open(args.answers, encoding="utf-8") as f:

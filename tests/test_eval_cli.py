@@ -150,3 +150,10 @@ def test_perplexity_is_exp_of_mean_token_nll(runs):
     assert out["skipped"] == 1 and out["tokens"] == len(nll)
     assert out["ppl"] == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
     assert out["low"] <= out["ppl"] <= out["high"]
+
+
+def test_help_documents_every_flag():
+    import subprocess
+    out = subprocess.run([sys.executable, "eval.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    for name in eval_script.EvalConfig.__dataclass_fields__:
+        assert f"--{name}" in out, name
