@@ -51,7 +51,9 @@ def parse_config(cls, argv=None, description=None):
         group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
         kind = hints[f.name]
         name = "--" + f.name
-        if kind is bool:
+        if kind is list:  # a repeatable flag: --ckpt A --ckpt B -> ["A", "B"] (default None: not given)
+            group.add_argument(name, default=f.default, action="append", help=f.metadata.get("help"))
+        elif kind is bool:
             group.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction, help=f.metadata.get("help"))
         else:
             group.add_argument(name, default=f.default, type=kind, help=f.metadata.get("help"))

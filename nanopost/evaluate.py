@@ -87,6 +87,13 @@ def heldout_accuracy(model, tok, records, max_new_tokens=48):
     return acc, replies
 
 
+def all_pass(scores):
+    """Full marks from every grader that applies ({name: reward} from graders.grade). A rubric is
+    judged by its items ("rubric/<item>"): its total is below 1 under "sum" with weights under 1."""
+    judged = {k: v for k, v in scores.items() if not any(i.startswith(k + "/") for i in scores)}
+    return bool(judged) and all(v >= 1.0 for v in judged.values())
+
+
 def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48):
     """§8 records (prompt messages + grader metadata) -> greedy replies graded by their graders.
     A reply counts as correct when every grader that applies gives it full marks (for a rubric:
@@ -97,9 +104,7 @@ def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48)
     graded = grade_many(replies, [r["metadata"] for r in records], suites_dir=suites_dir)
     by_grader, by_family, correct = {}, {}, []
     for record, scores in zip(records, graded):
-        # a rubric is judged by its items (its total is below 1 under "sum" with weights under 1)
-        judged = {k: v for k, v in scores.items() if not any(i.startswith(k + "/") for i in scores)}
-        ok = float(bool(judged) and all(v >= 1.0 for v in judged.values()))
+        ok = float(all_pass(scores))
         correct.append(ok)
         for name, v in scores.items():
             by_grader.setdefault(name, []).append(float(v >= 1.0))
@@ -107,5 +112,19 @@ def verifiable_accuracy(model, tok, records, suites_dir=None, max_new_tokens=48)
     mean = lambda xs: sum(xs) / max(len(xs), 1)
     items = [float(v >= 1.0) for scores in graded for name, v in scores.items() if "/" in name]
     return {"all": mean(correct), "by_grader": {k: mean(v) for k, v in sorted(by_grader.items())},
-            "by_family": {k: mean(v) for k, v in sorted(by_family.items())},
+            "by_family": {k: mean(v) for k, v in sorted(by_family.items())}, "correct": correct,
             "instruction_level": mean(items) if items else None}, replies
+
+
+def sampled_pass_at_k(model, tok, records, n, ks, temperature=0.7, suites_dir=None, max_new_tokens=48, seed=0):
+    """§10 pass@k: n sampled replies per §8 record, graded like verifiable_accuracy; c correct of n
+    gives each record's unbiased pass@k = 1 - C(n-c, k)/C(n, k) (evals.pass_at_k), averaged over
+    records with a bootstrap interval. -> ({"pass@k": {mean, low, high, n}, ...}, correct counts)."""
+    from nanopost.evals import mean_with_interval, pass_at_k
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    replies = chat_complete(model, tok, [r["prompt"] for r in records for _ in range(n)], max_new_tokens,
+                            temperature=temperature, generator=generator)
+    graded = grade_many(replies, [r["metadata"] for r in records for _ in range(n)], suites_dir=suites_dir)
+    ok = [all_pass(s) for s in graded]
+    counts = [sum(ok[i * n:(i + 1) * n]) for i in range(len(records))]
+    return {f"pass@{k}": mean_with_interval([pass_at_k(n, c, k) for c in counts]) for k in ks}, counts

@@ -99,6 +99,7 @@ def model_judge(model, tok, batch_size=64):
         # a comparison too long for the context gets no opinion (½)
         return [0.5 if a is None or b is None else 0.5 + 0.5 * (a - b) for a, b in zip(p_a, p_b)]
 
+    judge.verdicts = verdicts  # per-response P(yes): the pointwise scores of eval.py (nanopost/llm_judge.py)
     return judge
 
 

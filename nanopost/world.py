@@ -16,6 +16,7 @@ phrasing. Knowledge comes from the base corpus, which states the facts of every 
 the web would): SFT teaches the answering format, not the facts (§1, §2).
 
     python -m nanopost.world --out data/
+    python -m nanopost.world --defects 0.2 --out data/sft_defects.jsonl   # labelled defects (defects.py)
     # writes corpus.txt, sft.jsonl, sft_eval.jsonl, rl.jsonl, rl_eval.jsonl, suites/,
     # prefs.jsonl, prefs_eval.jsonl and constitution.txt
 
@@ -170,7 +171,11 @@ CODE_FUNCS = [
 
 def code(rng):
     f = rng.choice(CODE_FUNCS)
-    k = rng.randint(2, 19)
+    return code_task(f, rng.randint(2, 19))
+
+
+def code_task(f, k):
+    """The code task of function family f (an item of CODE_FUNCS) with constant k."""
     name = f["name"].format(k=k)
     prompt = f"Write a Python function {name}({f['arg']}) that {f['desc'].format(k=k)}."
     answer = f"def {name}({f['arg']}):\n    {f['body'].format(k=k)}"
@@ -394,7 +399,13 @@ def main():
     p.add_argument("--judge", type=float, default=0.0, help="judging conversations per SFT conversation")
     p.add_argument("--judge_records", type=int, default=4000, help="judging conversations in judge.jsonl (to train a judge)")
     p.add_argument("--prefs", type=int, default=4000, help="number of preference training records")
+    p.add_argument("--defects", type=float, default=None,
+                   help="write only SFT data with this share of labelled defects to the file --out (nanopost/defects.py)")
+    p.add_argument("--n", type=int, default=2000, help="--defects: number of records")
     args = p.parse_args()
+    if args.defects is not None:
+        from nanopost import defects
+        return defects.main(args.defects, args.out, args.seed, args.n)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "corpus.txt"), "w") as f:
         f.write("\n\n".join(base_corpus(seed=args.seed)))
