@@ -28,8 +28,6 @@ import os
 import sys
 import time
 
-import torch
-
 from nanopost import preference_world, world
 from nanopost.checkpoint import load_checkpoint
 from nanopost.common import RunLog, flag, parse_config, pick_device, set_seed
@@ -40,9 +38,8 @@ from nanopost.judge import load_constitution, model_judge
 from nanopost.knowledge import fact_questions, multiple_choice, perplexity
 from nanopost.llm_judge import (POINTWISE_RUBRIC, judge_questions, model_pointwise, pairwise_outcomes,
                                 pointwise_scores, win_rate)
-from nanopost.preferences import last_token_rewards, load_reward_model
+from nanopost.rewards import reward_model_scorer
 from nanopost.report import format_table, interval_rows, markdown_table
-from nanopost.tokenizer import render_prompt
 
 TASK_FAMILIES = ("arithmetic", "code", "roots", "steps")  # the world's families with a verifiable grader
 SECTIONS = ("tasks", "passk", "ifeval", "mc", "ppl", "prefs", "golden")
@@ -149,7 +146,7 @@ def run(cfg):
         baseline_answers = chat_complete(base["model"].eval(), base["tok"], [p["prompt"] for p in prefs], 32)
     judge_path = cfg.judge or cfg.baseline or cfg.ckpt[0]
     judge_state = load_checkpoint(judge_path, device) if "prefs" in sections else None
-    rm = load_reward_model(cfg.rm, device) if cfg.rm and "prefs" in sections else None
+    rm = reward_model_scorer(cfg.rm, device) if cfg.rm and "prefs" in sections else None
 
     results, details = {}, {}
     for i, path in enumerate(cfg.ckpt):
@@ -208,18 +205,8 @@ def preference_section(model, tok, prefs, questions, baseline_answers, judge_sta
     out = {"gold_rate": rate_with_interval(sum(accepted), len(accepted)),
            "words": mean_with_interval([len(a.split()) for a in answers])}
     det = {"answers": answers}
-    if rm is not None:
-        rm_model, rm_tok, stats = rm
-        # render_conversation's layout, by hand: an empty answer is scored too, not refused
-        rows = [render_prompt(rm_tok, p["prompt"]) + rm_tok.encode(a) + [rm_tok.end_id] for p, a in zip(prefs, answers)]
-        idx = torch.full((len(rows), max(map(len, rows))), rm_tok.pad_id, dtype=torch.long)
-        for b, r in enumerate(rows):
-            idx[b, :len(r)] = torch.tensor(r)
-        device = next(rm_model.parameters()).device
-        with torch.no_grad():
-            raw = last_token_rewards(rm_model, idx.to(device), torch.tensor(list(map(len, rows)), device=device))
-        standardised = ((raw - stats["reward_mean"]) / max(stats["reward_std"], 1e-8)).tolist()
-        out["rm_score"] = mean_with_interval(standardised)  # (r - training mean) / training std
+    if rm is not None:  # (r - training mean) / training std, as RLHF uses it (nanopost/rewards.py)
+        out["rm_score"] = mean_with_interval([s["reward_model"] for s in rm(answers, prefs)])
     judge_model, judge_tok = judge_state["model"].eval(), judge_state["tok"]
     if baseline_answers is not None:
         outcomes, p = pairwise_outcomes(model_judge(judge_model, judge_tok), constitution, questions, answers,

@@ -190,9 +190,9 @@ def train(cfg):
         optimizer.load_state_dict(state["optimizer_state"])
         set_rng_state(state["rng"])
 
-    def loss_fn(indices, n_total):
+    def loss_fn(model, indices, n_total):  # model: prm, or its DDP wrapper under torchrun
         batch = chain_batch([train_chains[i] for i in indices], tok.pad_id, device)
-        logits = step_logits(prm, batch)                             # (S,)
+        logits = step_logits(model, batch)                           # (S,)
         losses = prm_loss(logits, batch["labels"], batch["owner"], len(indices))
         step_hits = ((logits > 0).float() == batch["labels"]).float()
         per_chain = torch.zeros(len(indices), device=device).index_add(0, batch["owner"], step_hits)
@@ -205,7 +205,7 @@ def train(cfg):
 
     prm.train()
     try:
-        train_pairs(list(prm.parameters()), optimizer, train_chains, loss_fn, cfg, log,
+        train_pairs(prm, optimizer, train_chains, loss_fn, cfg, log,
                     state["meta"]["step"] if cfg.resume else 0, save)
     except NonFiniteLoss as e:
         log.info(str(e))
