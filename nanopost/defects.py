@@ -178,29 +178,37 @@ CORRUPT = {"wrong_math": (wrong_math, lambda t: t.family == "arithmetic"),
            "prose_answer": (prose_answer, lambda t: t.family == "roots")}
 
 
-def defect_records(n, rate, seed=0, kinds=KINDS, max_per_family=None):
+def defect_records(n, rate, seed=0, kinds=KINDS, max_per_family=None, mode="replace"):
     """About n records (fewer if the world has too few clean items), round(rate * n) of them
-    defective, spread evenly over kinds; each defective record has "defect": kind."""
+    defective, spread evenly over kinds; each defective record has "defect": kind.
+    mode "replace": a label defect replaces the clean record of its item (filtering then removes
+    the item); "add": it is an extra record, a second, wrong label for the prompt of a clean
+    record (so the filtered data is the whole clean set, and only the defects differ)."""
     rng = random.Random(f"{seed}|defects")
     tasks = clean_tasks(seed, max_per_family)
     while True:  # shrink n until the world has enough clean items for it
         per_kind = Counter(kinds[i % len(kinds)] for i in range(round(rate * n)))
-        n_added = sum(per_kind[k] for k in ADDED)
+        n_added = sum(per_kind[k] for k in kinds if k in ADDED or mode == "add")
         if n - n_added <= len(tasks):
             break
         n -= 1
     tasks = tasks[:max(n - n_added, 0)]
     records = [_record(t, t.answer, rng) for t in tasks]
-    used = set()
+    used, extra = set(), []
     for kind in kinds:
         if kind in ADDED:
             continue
         corrupt, applies = CORRUPT[kind]
-        candidates = [i for i, t in enumerate(tasks) if applies(t) and i not in used]
+        candidates = [i for i, t in enumerate(tasks) if applies(t) and (mode == "add" or i not in used)]
         for i in rng.sample(candidates, min(per_kind[kind], len(candidates))):
-            used.add(i)
-            records[i] = _record(tasks[i], corrupt(tasks[i], rng), rng, kind)
-    clean = [i for i in range(len(records)) if i not in used]
+            if mode == "add":  # a second, wrong label joins the clean record
+                extra.append(_record(tasks[i], corrupt(tasks[i], rng), rng, kind))
+            else:
+                used.add(i)
+                records[i] = _record(tasks[i], corrupt(tasks[i], rng), rng, kind)
+    for rec in extra:
+        records.insert(rng.randrange(len(records) + 1), rec)
+    clean = [i for i in range(len(records)) if "defect" not in records[i]]
     pool = eval_pool(seed)
     for kind in [k for k in kinds if k in ADDED]:
         for _ in range(per_kind[kind]):
@@ -255,9 +263,9 @@ def measure(n, rate, seed, eval_prompts, out="", near_threshold=0.7, contaminati
     return summary
 
 
-def main(rate, out, seed=0, n=2000):
-    """python -m nanopost.world --defects RATE --out FILE"""
-    records = defect_records(n, rate, seed)
+def main(rate, out, seed=0, n=2000, mode="replace"):
+    """python -m nanopost.world --defects RATE --out FILE [--defects_mode add]"""
+    records = defect_records(n, rate, seed, mode=mode)
     write_jsonl(out, records)
     # train_sft.py's held-out set without the prompts planted here: a fair held-out score
     planted = {r["messages"][-2]["content"] for r in records if r.get("defect") == "contamination"}

@@ -19,8 +19,9 @@ Checks, in this order; a record is rejected by the first that fires, with one re
   contradiction    an answer about a place the question does not ask about
   answer_format    an answer that ignores the format the prompt asks for
   judge            optional: --judge module:function, a callable (prompt, answer) -> None | reason
-  duplicate        the same normal form as an earlier kept record
-  near_duplicate   word 3-gram Jaccard >= 0.7 with an earlier kept record
+  duplicate        the same text as an earlier kept record (spacing aside; a system prompt is ignored)
+  near_duplicate   the same normal form (case, punctuation) or word 3-gram Jaccard >= 0.7 with an
+                   earlier kept record (thresholds measured: see nanopost/dedup.py)
 
 Duplicates are looked for among the records that passed every other check (dedup what you keep).
 Records that no check can judge are kept. Input errors stop with 'file:line: reason'. After
