@@ -24,67 +24,17 @@ from fractions import Fraction
 
 from nanopost.evaluate import normalize
 from nanopost.graders import FORMAT_CHECKS, final_answer, math_grader, parse_numbers
+from nanopost.process import evaluate, parse_expr
 from nanopost.world import CODE_FUNCS, COUNTRIES, code_task
 
 # ----------------------------------------------------------------------------- exact arithmetic
 
-_ARITH_TOKEN = re.compile(r"\s*(\d+|[-+*/()])")
-
-
 def eval_arithmetic(text):
     """Integer expression with + - * / and parentheses -> Fraction, or None if text is not one.
-    A small recursive-descent parser: nothing is ever eval()'d."""
-    text = text.strip()
-    toks, pos = [], 0
-    while pos < len(text):
-        m = _ARITH_TOKEN.match(text, pos)
-        if not m:
-            return None
-        toks.append(m.group(1))
-        pos = m.end()
-    if not toks or len(toks) > 200:
-        return None
-    i = 0
-
-    def peek():
-        return toks[i] if i < len(toks) else None
-
-    def take():
-        nonlocal i
-        i += 1
-        return toks[i - 1]
-
-    def atom():
-        t = take() if peek() is not None else None
-        if t == "(":
-            v = expr()
-            if take() != ")":
-                raise ValueError
-            return v
-        if t == "-":
-            return -atom()
-        if t is None or not t.isdigit():
-            raise ValueError
-        return Fraction(int(t))
-
-    def term():
-        v = atom()
-        while peek() in ("*", "/"):
-            op, w = take(), atom()
-            v = v * w if op == "*" else v / w
-        return v
-
-    def expr():
-        v = term()
-        while peek() in ("+", "-"):
-            op, w = take(), term()
-            v = v + w if op == "+" else v - w
-        return v
-
+    Parsed by process.parse_expr (the PRM's step verifier uses the same): nothing is eval()'d."""
     try:
-        value = expr()
-        return value if i == len(toks) else None
-    except (ValueError, IndexError, ZeroDivisionError):
+        return Fraction(evaluate(parse_expr(text, division=True)))
+    except (ValueError, ZeroDivisionError):
         return None
 
 

@@ -34,23 +34,30 @@ import json
 import math
 import random
 import re
+from fractions import Fraction
 
 from nanopost import world
 from nanopost.data import write_jsonl
 from nanopost.tokenizer import ConversationError, render_prompt
 
 FAMILIES = {"steps": world.steps, "roots": world.roots}
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-PRECEDENCE = {"+": 1, "-": 1, "*": 2}
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: Fraction(a) / b}
+PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+MAX_TOKENS = 200
 
 # ----------------------------------------------------------------------------------------------
 # integer expressions: an int, or (op, left, right)
 
 
-def parse_expr(text):
-    """'(3 + 4) * 5' -> ('*', ('+', 3, 4), 5). Integers, + - *, parentheses, a leading minus on a
-    number. Raises ValueError on anything else."""
-    tokens = re.findall(r"\d+|[-+*()]|\S", text)
+def parse_expr(text, division=False):
+    """'(3 + 4) * 5' -> ('*', ('+', 3, 4), 5). Integers, + - * (and / with division=True: the
+    world's chains never divide), parentheses, a leading minus on a number (-3) or a bracket
+    (-(2 + 1) = ('-', 0, ...)). Raises ValueError on anything else, and on more than MAX_TOKENS
+    tokens (the parser recurses)."""
+    precedence = PRECEDENCE if division else {op: p for op, p in PRECEDENCE.items() if op != "/"}
+    tokens = re.findall(r"\d+|[-+*/()]|\S", text)
+    if len(tokens) > MAX_TOKENS:
+        raise ValueError(f"expression longer than {MAX_TOKENS} tokens")
     pos = 0
 
     def peek():
@@ -71,15 +78,17 @@ def parse_expr(text):
             return node
         if t == "-" and peek() is not None and peek().isdigit():
             return -int(take())
+        if t == "-" and peek() == "(":
+            return ("-", 0, atom())
         if t is not None and t.isdigit():
             return int(t)
         raise ValueError(f"not an integer expression: {text!r}")
 
     def binary(level):
         node = atom()
-        while peek() in PRECEDENCE and PRECEDENCE[peek()] >= level:
+        while peek() in precedence and precedence[peek()] >= level:
             op = take()
-            node = (op, node, binary(PRECEDENCE[op] + 1))
+            node = (op, node, binary(precedence[op] + 1))
         return node
 
     tree = binary(1)
