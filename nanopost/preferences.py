@@ -256,13 +256,20 @@ def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
     return train, held_out, eval_prompts, report
 
 
-def load_reward_model(path, device="cpu"):
-    """A train_rm.py checkpoint -> (ScalarModel, tokenizer, {"reward_mean", "reward_std"})."""
+def load_scalar_model(path, stage, device="cpu"):
+    """A train_rm.py checkpoint of `stage` ("rm" or "prm") -> (frozen ScalarModel, tokenizer, extra)."""
     state = load_checkpoint(path, device)
     extra = state["extra"] or {}
-    if state["meta"].get("stage") != "rm" or "head" not in extra:
-        raise ValueError(f"{path} is not a reward-model checkpoint (stage {state['meta'].get('stage')!r}); "
-                         f"train one with train_rm.py")
-    rm = ScalarModel(state["model"]).to(device)
-    rm.head.load_state_dict(extra["head"])
-    return rm.eval(), state["tok"], {"reward_mean": extra["reward_mean"], "reward_std": extra["reward_std"]}
+    if state["meta"].get("stage") != stage or "head" not in extra:
+        kind = {"rm": "reward-model", "prm": "process-reward-model"}[stage]
+        raise ValueError(f"{path} is not a {kind} checkpoint (stage {state['meta'].get('stage')!r}); "
+                         f"train one with train_rm.py{' --kind prm' if stage == 'prm' else ''}")
+    model = ScalarModel(state["model"]).to(device)
+    model.head.load_state_dict(extra["head"])
+    return model.eval().requires_grad_(False), state["tok"], extra
+
+
+def load_reward_model(path, device="cpu"):
+    """A train_rm.py checkpoint -> (ScalarModel, tokenizer, {"reward_mean", "reward_std"})."""
+    rm, tok, extra = load_scalar_model(path, "rm", device)
+    return rm, tok, {"reward_mean": extra["reward_mean"], "reward_std": extra["reward_std"]}

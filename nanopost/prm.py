@@ -32,7 +32,7 @@ from nanopost.evaluate import chat_complete
 from nanopost.graders import grade_many
 from nanopost.model import ScalarModel
 from nanopost.nexttoken import NonFiniteLoss
-from nanopost.preferences import train_pairs
+from nanopost.preferences import load_scalar_model, train_pairs
 from nanopost.tokenizer import ConversationTooLong, render_prompt
 
 
@@ -110,14 +110,8 @@ def step_scores(prm, tok, prompts, responses, device="cpu", batch_size=64):
 
 def load_prm(path, device="cpu"):
     """A train_rm.py --kind prm checkpoint -> (ScalarModel, tokenizer, its aggregate)."""
-    state = load_checkpoint(path, device)
-    extra = state["extra"] or {}
-    if state["meta"].get("stage") != "prm" or "head" not in extra:
-        raise ValueError(f"{path} is not a process-reward-model checkpoint (stage {state['meta'].get('stage')!r}); "
-                         f"train one with train_rm.py --kind prm")
-    prm = ScalarModel(state["model"]).to(device)
-    prm.head.load_state_dict(extra["head"])
-    return prm.eval().requires_grad_(False), state["tok"], extra["aggregate"]
+    prm, tok, extra = load_scalar_model(path, "prm", device)
+    return prm, tok, extra["aggregate"]
 
 
 def prm_scorer(path, device):

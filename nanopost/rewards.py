@@ -43,8 +43,7 @@ def parse_weights(text):
 def reward_model_scorer(path, device):
     """RLHF (§6, §7): the frozen reward model's standardised score (r - mean) / std of prompt +
     completion + <|end|>, read at that last token, as 'reward_model'."""
-    rm, tok, stats = load_reward_model(path, device)
-    rm.requires_grad_(False)
+    rm, tok, stats = load_reward_model(path, device)  # frozen
     block = rm.gpt.config.block_size
 
     @torch.no_grad()
