@@ -29,7 +29,7 @@ from nanopost.losses import bradley_terry_loss
 from nanopost.model import ScalarModel
 from nanopost.nexttoken import NonFiniteLoss
 from nanopost.preferences import (PreferenceConfig, last_token_rewards, pair_batch, preference_data, sequence_logprobs,
-                                 train_pairs)
+                                 train_pairs, weight_kinds)
 
 
 @dataclasses.dataclass
@@ -46,6 +46,8 @@ class RMConfig(PreferenceConfig):
     use_margin: bool = flag(True, "subtract each record's 'margin' inside the loss", "optimisation")
     lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses, trained alongside (keeps "
                                "the body a language model, whose knowledge the reward can then use)", "optimisation")
+    kind_weights: str = flag("", "training mix by kind of pair: kind=w repeats each pair of that kind w times, 0 "
+                                 "drops it, *=w for the kinds not named (e.g. correct=3; correct=1,*=0)", "preferences")
     # --kind prm: a process reward model on step-labelled chains (nanopost/prm.py, §6)
     kind: str = flag("bt", "bt: Bradley-Terry on preference pairs | prm: process reward model on step-labelled "
                            "chains (--data: process.py's JSONL; --n_pairs built-in chains; default --out runs/prm)", "prm")
@@ -97,6 +99,9 @@ def main(argv=None):
     # data: built-in pairs, the user's file, or pairs sampled from the SFT model and labelled now
     judge_model = load_checkpoint(cfg.judge, device)["model"] if cfg.judge else None
     train, held_out, _, report = preference_data(cfg, state["model"], tok, max_len, log, judge_model)
+    if cfg.kind_weights:
+        train = weight_kinds(train, cfg.kind_weights)
+        report["kind_weights"] = {"spec": cfg.kind_weights, "pairs": len(train)}
     log.info(f"{len(train)} training pairs ({report['train']['records']} records), {len(held_out)} held-out pairs, "
              f"init {init}, device {device}")
 

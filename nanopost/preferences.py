@@ -97,6 +97,20 @@ def load_preferences(path, tok, max_len, skip_bad=False):
     return pairs, report
 
 
+def weight_kinds(pairs, spec):
+    """The training mix by kind of pair: spec = "kind=w,..." with whole numbers w, each pair of that
+    kind repeated w times (0 drops the kind); "*=w" sets the weight of kinds not named (default 1).
+    E.g. "correct=3" triples the correct-vs-wrong pairs, "correct=1,*=0" keeps only them."""
+    weights = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, sep, w = item.partition("=")
+        if not sep or not w.strip().isdigit():
+            raise ValueError(f"--kind_weights: {item!r} is not kind=whole number (e.g. correct=3,*=1)")
+        weights[name.strip()] = int(w)
+    default = weights.pop("*", 1)
+    return [p for p in pairs for _ in range(weights.get(p.kind, default))]
+
+
 def pair_batch(pairs, pad_id, device="cpu"):
     """P pairs -> rows 0..P-1 = prompt + chosen, rows P..2P-1 = prompt + rejected, right-padded:
     idx (2P, L), response_mask (2P, L) 1 on response tokens, lengths (2P,), margin (P,)."""

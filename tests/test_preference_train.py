@@ -53,6 +53,12 @@ def test_reward_model_run(rm):
     assert math.isfinite(stats["reward_mean"]) and stats["reward_std"] > 0
 
 
+def test_reward_model_kind_weights_select_the_training_mix(sft, tmp_path):
+    summary = train_rm.main(["--init", sft, "--out", str(tmp_path), "--kind_weights", "correct=2,*=0"] + SMALL_PAIRS)
+    n_correct = sum(r["metadata"]["kind"] == "correct" for _, r in read_jsonl(os.path.join(tmp_path, "prefs.jsonl")))
+    assert n_correct > 0 and summary["data"]["kind_weights"]["pairs"] == 2 * n_correct
+
+
 def test_rlhf_with_the_reward_model(sft, rm, tmp_path):
     summary = train_rl.main(["--init", sft, "--out", str(tmp_path), "--reward", f"rm:{rm[0]}/ckpt", "--steps", "2",
                              "--prompts_per_step", "2", "--num_generations", "4", "--max_completion_length", "12",

@@ -19,6 +19,7 @@ from nanopost.losses import DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss, dpo_re
 from nanopost.model import GPT, GPTConfig, ScalarModel
 from nanopost.preferences import (
     Pair, batch_indices, last_token_rewards, load_preferences, pair_batch, preference_pairs, sequence_logprobs,
+    weight_kinds,
 )
 from nanopost.tokenizer import Tokenizer, render_prompt
 
@@ -283,6 +284,18 @@ def test_pair_batch_layout():
         response = (pairs[i % P].chosen if i < P else pairs[i % P].rejected)
         assert b["idx"][i, start:len(row)].tolist() == response
         assert b["response_mask"][i].tolist() == [0.0] * start + [1.0] * len(response) + [0.0] * (L - len(row))
+
+
+def test_weight_kinds_repeats_drops_and_defaults():
+    pairs = [Pair([1], [2], [3], kind=k) for k in ("correct", "direct", "correct", "concise", "ranking")]
+    count = lambda ps: {k: sum(p.kind == k for p in ps) for k in ("correct", "direct", "concise", "ranking")}
+    assert count(weight_kinds(pairs, "correct=3")) == {"correct": 6, "direct": 1, "concise": 1, "ranking": 1}
+    assert count(weight_kinds(pairs, "correct=1,*=0")) == {"correct": 2, "direct": 0, "concise": 0, "ranking": 0}
+    assert count(weight_kinds(pairs, "direct=0, *=2")) == {"correct": 4, "direct": 0, "concise": 2, "ranking": 2}
+    assert weight_kinds(pairs, "") == pairs
+    for bad in ("correct", "correct=x", "correct=-1", "correct=0.5"):
+        with pytest.raises(ValueError, match="kind_weights"):
+            weight_kinds(pairs, bad)
 
 
 def reference_logprob(model, prompt, response):
