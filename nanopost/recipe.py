@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/recipe", help="folder of the stages' runs")
     p.add_argument("--seed", type=int, default=0, help="random seed of every stage")
     p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
-    p.add_argument("--padding", type=float, default=0.5, help="SFT: share of filler-padded answers (§3 defect)")
+    p.add_argument("--padding", type=float, default=0.9, help="SFT: share of filler-padded answers (§3 defect)")
     p.add_argument("--instruct_share", type=float, default=0.25, help="SFT: instruction-following conversations "
                    "per conversation (half their labels ignore one instruction)")
     p.add_argument("--judge_share", type=float, default=0.2, help="SFT: judging conversations per conversation, "
