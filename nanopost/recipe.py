@@ -83,7 +83,7 @@ def main(argv=None):
     evaluation.evaluate_checkpoints([base, sft, dpo, grpo], baseline=sft, out=os.path.join(args.out, "eval"),
                                     seed=args.seed, device=args.device, quick=args.quick)
     times["eval"] = time.time() - t0
-    card = report_card([os.path.join(args.out, s) for s in ("sft", "dpo", "grpo", "eval")],
+    card = report_card([os.path.dirname(base)] + [os.path.join(args.out, s) for s in ("sft", "dpo", "grpo", "eval")],
                        os.path.join(args.out, "report"))
     summary = {"stage": "recipe", "checkpoints": {"base": base, "sft": sft, "dpo": dpo, "grpo": grpo},
                "report": card["report"], "stage_s": times, "wall_s": time.time() - t_start}
