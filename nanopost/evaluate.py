@@ -30,6 +30,22 @@ def complete(model, tok, prompts, max_new_tokens, stop_ids, temperature=0.0, bat
     return out
 
 
+@torch.no_grad()
+def next_token_logits(model, sequences, pad_id, batch_size=64):
+    """The model's logits for the token after each sequence (a list of ids), (N, V) float32.
+    Right-padded batches: causal attention never lets the padding reach the last real position."""
+    device = next(model.parameters()).device
+    out = []
+    for lo in range(0, len(sequences), batch_size):
+        chunk = sequences[lo:lo + batch_size]
+        idx = torch.full((len(chunk), max(map(len, chunk))), pad_id, dtype=torch.long)
+        for b, seq in enumerate(chunk):
+            idx[b, :len(seq)] = torch.tensor(seq)
+        last = torch.tensor([len(seq) - 1 for seq in chunk], device=device)
+        out.append(model(idx.to(device))[torch.arange(len(chunk), device=device), last].float())  # (b, V)
+    return torch.cat(out) if out else torch.zeros(0, model.config.vocab_size)
+
+
 def decode_completions(tok, tokens, lengths, stop_ids):
     """generate()'s (B, N) tokens and lengths -> B strings, stop tokens removed."""
     return [tok.decode([t for t in tokens[b, :int(lengths[b])].tolist() if t not in stop_ids])

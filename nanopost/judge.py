@@ -29,7 +29,7 @@ import math
 import torch
 
 from nanopost import preference_world
-from nanopost.evaluate import chat_complete
+from nanopost.evaluate import chat_complete, next_token_logits
 from nanopost.tokenizer import render_prompt
 
 
@@ -67,21 +67,11 @@ def model_judge(model, tok, batch_size=64):
     assert yes != no, "' yes' and ' no' must start with different tokens"
     block = model.config.block_size
     cue = tok.encode("Verdict:")  # the start of preference_world.judge_verdict
-    device = next(model.parameters()).device
 
-    @torch.no_grad()
     def p_yes(sequences):
-        """P(' yes' | sequence) vs ' no', for each token-id sequence (right-padded batches)."""
-        out = []
-        for lo in range(0, len(sequences), batch_size):
-            chunk = sequences[lo:lo + batch_size]
-            idx = torch.full((len(chunk), max(map(len, chunk))), tok.pad_id, dtype=torch.long)
-            for b, seq in enumerate(chunk):
-                idx[b, :len(seq)] = torch.tensor(seq)
-            last = torch.tensor([len(seq) - 1 for seq in chunk], device=device)
-            logits = model(idx.to(device))[torch.arange(len(chunk), device=device), last]  # (b, V)
-            out += torch.softmax(logits[:, [yes, no]].float(), dim=-1)[:, 0].tolist()
-        return out
+        """P(' yes' | sequence) vs ' no', for each token-id sequence."""
+        logits = next_token_logits(model, sequences, tok.pad_id, batch_size)  # (N, V)
+        return torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0].tolist()
 
     def verdicts(questions, responses, principle):
         """P(the response follows the principle) per response; None where the prompt does not fit."""

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from nanopost.evals import bootstrap_interval, rate_with_interval
+from nanopost.evaluate import next_token_logits
 from nanopost.losses import token_logprobs
 from nanopost.world import COUNTRIES, base_corpus
 
@@ -99,18 +100,9 @@ def letter_choices(model, tok, items, batch_size=64):
     """argmax over the next-token logits of ' A'..' D' after letter_prompt(item), per item."""
     letter_ids = [tok.encode(" " + l)[0] for l in LETTERS]
     assert len(set(letter_ids)) == 4, "' A'..' D' must start with different tokens"
-    device = next(model.parameters()).device
     prompts = [[tok.bos_id] + tok.encode(letter_prompt(it)) for it in items]
-    choices = []
-    for lo in range(0, len(prompts), batch_size):
-        chunk = prompts[lo:lo + batch_size]
-        idx = torch.full((len(chunk), max(map(len, chunk))), tok.pad_id, dtype=torch.long)
-        for b, p in enumerate(chunk):
-            idx[b, :len(p)] = torch.tensor(p)
-        last = torch.tensor([len(p) - 1 for p in chunk], device=device)
-        logits = model(idx.to(device))[torch.arange(len(chunk), device=device), last]  # (b, V)
-        choices += logits[:, letter_ids].argmax(-1).tolist()
-    return choices
+    logits = next_token_logits(model, prompts, tok.pad_id, batch_size)  # (N, V)
+    return logits[:, letter_ids].argmax(-1).tolist()
 
 
 def option_choices(model, tok, items, batch_size=64):
