@@ -367,7 +367,7 @@ def main(argv=None):
         starts = range(0, B, cfg.micro_batch_size)
         stats = {"kl": 0.0, "entropy": 0.0, "clip_ratio": 0.0, "value_loss": 0.0, "logprob_diff_max": 0.0}
         for iteration in range(cfg.num_iterations):
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)  # one host sync per pass, not per micro-batch
             for lo in starts:
                 rows = slice(lo, min(lo + cfg.micro_batch_size, B))
                 sync = contextlib.ExitStack()  # gradients are all-reduced on the last micro-batch only
@@ -397,7 +397,7 @@ def main(argv=None):
                     stats["value_loss"] += value_loss.item() / cfg.num_iterations
                 with sync:
                     (loss * world_n).backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach().float()
                 if not first:  # on the first pass ρ = 1: clipping can only happen on later passes
                     stats["clip_ratio"] += float((clipped.float() * m).sum()) / max(n_tok * (cfg.num_iterations - 1), 1)
                 if first:
@@ -407,9 +407,10 @@ def main(argv=None):
                         stats["entropy"] += float((entropy * m).sum()) / max(n_tok, 1)
                         diff = ((logprobs - batch.sampler_logprobs[rows]).abs() * m).max()
                         stats["logprob_diff_max"] = max(stats["logprob_diff_max"], float(diff))
-            if not math.isfinite(dist.all_sum(loss_sum)):  # never step (or save) on a NaN/inf loss
+            pass_loss = dist.all_sum(float(loss_sum))
+            if not math.isfinite(pass_loss):  # never step (or save) on a NaN/inf loss
                 optimizer.zero_grad(set_to_none=True)
-                log.info(f"loss is {dist.all_sum(loss_sum)} at step {step + 1}; stopping without saving "
+                log.info(f"loss is {pass_loss} at step {step + 1}; stopping without saving "
                          f"(the last good checkpoint is kept)")
                 sys.exit(1)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

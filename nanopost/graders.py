@@ -291,7 +291,8 @@ _REFERENCE_KEY = {"math_grader": "ground_truth", "code_grader": "suite",
                   "format_grader": "format", "rubric": "rubric"}
 
 
-def _scorers(metadata: dict) -> list[str]:
+def scorers_of(metadata: dict) -> list[str]:
+    """The grader names metadata["scorer"] asks for, each known and given its reference; else ValueError."""
     names = metadata.get("scorer") if isinstance(metadata, dict) else None
     names = [names] if isinstance(names, str) else names
     if not isinstance(names, list) or not names:
@@ -319,7 +320,7 @@ def _grade_one(name: str, completion: str, metadata: dict, suites_dir) -> dict[s
 
 def grade(completion: str, metadata: dict, suites_dir=None) -> dict[str, float]:
     """{grader name: reward} for each grader named by metadata["scorer"] (plus "rubric/<item>")."""
-    return {k: v for name in _scorers(metadata) for k, v in _grade_one(name, completion, metadata, suites_dir).items()}
+    return {k: v for name in scorers_of(metadata) for k, v in _grade_one(name, completion, metadata, suites_dir).items()}
 
 
 def combine(rewards: dict[str, float], reward_weights: dict[str, float] | None = None) -> float:
@@ -338,7 +339,7 @@ def grade_many(completions: list[str], metadatas: list[dict], suites_dir=None,
         raise ValueError(f"{len(completions)} completions but {len(metadatas)} metadatas")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = [{name: pool.submit(_grade_one, name, c, m, suites_dir) if name == "code_grader"
-                    else _grade_one(name, c, m, suites_dir) for name in _scorers(m)}
+                    else _grade_one(name, c, m, suites_dir) for name in scorers_of(m)}
                    for c, m in zip(completions, metadatas)]
         return [{k: v for r in rewards.values() for k, v in (r.result() if isinstance(r, Future) else r).items()}
                 for rewards in pending]

@@ -120,7 +120,7 @@ def _continuation(q, rng):
     country of q's split)."""
     other = rng.choice(_same_split(q)[0])[0]
     return rng.choice([f"? {q.reference}", f"? What is the capital city of {other}?",
-                       f"? Write your answers below.", f"and the capital of {other}?"])
+                       "? Write your answers below.", f"and the capital of {other}?"])
 
 
 def _with_defects(q, rng, defects):

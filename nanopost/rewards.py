@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from nanopost.graders import _scorers, grade_many
-from nanopost.rubric import _check_aggregate, load_rubric
+from nanopost.graders import scorers_of, grade_many
+from nanopost.rubric import check_aggregate, load_rubric
 from nanopost.preferences import last_token_rewards, load_reward_model
 from nanopost.prm import prm_scorer
 from nanopost.tokenizer import ConversationError, render_prompt
@@ -115,18 +115,18 @@ def rl_record(record, tok, max_prompt_len, need_scorer=True):
         if need_scorer:
             raise ValueError("record needs 'metadata' with a 'scorer' (math_grader, code_grader, rubric, ...)")
         return record
-    if "rubric" in _scorers(metadata):  # unknown scorers and missing references raise here
+    if "rubric" in scorers_of(metadata):  # unknown scorers and missing references raise here
         if not isinstance(metadata["rubric"], list):
             raise ValueError("metadata['rubric'] must be a list of rubric items")
         load_rubric(metadata["rubric"])
-        _check_aggregate(metadata.get("rubric_aggregate", "mean"))
+        check_aggregate(metadata.get("rubric_aggregate", "mean"))
     return record
 
 
 def check_weights(weights, records, models):
     """Every --reward_weights name must be a reward that some record or learned source produces:
     a misspelt name would otherwise be ignored without a word."""
-    produced = {name for r in records if "scorer" in r.get("metadata", {}) for name in _scorers(r["metadata"])}
+    produced = {name for r in records if "scorer" in r.get("metadata", {}) for name in scorers_of(r["metadata"])}
     produced |= {REWARD_NAMES[kind] for kind in models}
     unknown = sorted(set(weights) - produced)
     if unknown:

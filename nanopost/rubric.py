@@ -228,7 +228,7 @@ def _need_judge(rubric, judge) -> None:
                 raise ValueError(f"rubric item {item['name']!r} is a judge item: pass judge=")
 
 
-def _check_aggregate(aggregate) -> None:
+def check_aggregate(aggregate) -> None:
     if aggregate not in ("sum", "mean"):
         raise ValueError(f"aggregate must be 'sum' or 'mean', got {aggregate!r}")
 
@@ -253,7 +253,7 @@ def check_item(item, response, prompt="", judge=None) -> float:
 def score(rubric, response, prompt="", judge=None, aggregate="sum") -> tuple[float, dict[str, float]]:
     """(reward, {item name: score}) of one response; rubric is a path or a list (see load_rubric).
     reward = Σ w_i s_i ("sum") or Σ w_i s_i / Σ w_i ("mean")."""
-    _check_aggregate(aggregate)
+    check_aggregate(aggregate)
     rubric = load_rubric(rubric)
     _need_judge(rubric, judge)  # before any judge call, so no work is wasted
     results = {item["name"]: check_item(item, response, prompt, judge) for item in rubric}
@@ -266,7 +266,7 @@ def score(rubric, response, prompt="", judge=None, aggregate="sum") -> tuple[flo
 def rubric_reward_fn(rubric, aggregate="sum", judge=None):
     """An RL reward: fn(prompts, completions) -> ([reward], [{item name: score}]), one per
     completion. The rubric is loaded and checked once, here (a missing judge fails now)."""
-    _check_aggregate(aggregate)
+    check_aggregate(aggregate)
     rubric = load_rubric(rubric)
     _need_judge(rubric, judge)
 

@@ -10,21 +10,14 @@ import sys
 import pytest
 import torch
 
-import train_base
-import train_sft
 from nanopost import dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist_models")
-    train_base.main(["--out", str(root / "base"), "--steps", "3", "--n_docs", "300", "--batch_size", "4",
-                     "--log_every", "10"])
-    train_sft.main(["--init", str(root / "base" / "ckpt"), "--out", str(root / "sft"), "--steps", "2",
-                    "--n_train", "60", "--eval_per_family", "1", "--batch_size", "4", "--log_every", "10"])
-    return str(root / "base" / "ckpt"), str(root / "sft" / "ckpt")
+def sft(tiny_models):
+    return tiny_models["base"], tiny_models["sft"]
 
 
 def run(args, nproc=1):

@@ -9,10 +9,8 @@ import os
 import pytest
 
 import nanopost.common
-import train_base
 import train_rl
 import train_rm
-import train_sft
 from nanopost.checkpoint import load_checkpoint
 from nanopost.data import DataError, read_jsonl
 from nanopost.preferences import load_reward_model
@@ -22,13 +20,8 @@ SMALL_PAIRS = ["--steps", "2", "--n_pairs", "40", "--batch_size", "4", "--micro_
 
 
 @pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pref_models")
-    train_base.main(["--out", str(root / "base"), "--steps", "3", "--n_docs", "300", "--batch_size", "4",
-                     "--log_every", "10"])
-    train_sft.main(["--init", str(root / "base" / "ckpt"), "--out", str(root / "sft"), "--steps", "2",
-                    "--n_train", "60", "--eval_per_family", "2", "--batch_size", "4", "--log_every", "10"])
-    return str(root / "sft" / "ckpt")
+def sft(tiny_models):
+    return tiny_models["sft"]
 
 
 @pytest.fixture(scope="module")

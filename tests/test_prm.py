@@ -8,10 +8,8 @@ import os
 import pytest
 import torch
 
-import train_base
 import train_rl
 import train_rm
-import train_sft
 from nanopost import prm, process
 from nanopost.data import DataError, write_jsonl
 from nanopost.model import GPT, GPTConfig, ScalarModel
@@ -173,13 +171,8 @@ def test_best_of_n_picks():
 # smoke runs from the command-line entry points
 
 @pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prm_models")
-    train_base.main(["--out", str(root / "base"), "--steps", "2", "--n_docs", "200", "--batch_size", "4",
-                     "--log_every", "10"])
-    train_sft.main(["--init", str(root / "base" / "ckpt"), "--out", str(root / "sft"), "--steps", "1",
-                    "--n_train", "40", "--eval_per_family", "1", "--batch_size", "4", "--log_every", "10"])
-    return str(root / "sft" / "ckpt")
+def sft(tiny_models):
+    return tiny_models["sft"]
 
 
 @pytest.fixture(scope="module")
