@@ -24,7 +24,9 @@ has "bench", its numbers (the median over repeats, with the per-repeat list besi
           new_tokens_per_s of model.generate with the KV cache and with use_cache=False (the whole
           sequence recomputed every step, same masks and sample_next), and the speed-up.
   grpo    train_rl.main in-process: --algo grpo, 8 prompts x 8 generations x 32 new tokens, beta
-          0.04 (so a reference model), the roots prompts only (math_grader is pure Python; the code
+          0.04 (so a reference model), num_iterations 1 (one update per batch of rollouts: TRL's
+          default, so the comparison is like for like; train_rl.py's own default is 2), the roots
+          prompts only (math_grader is pure Python; the code
           grader would add sandbox process start-ups). s_per_step is the median of the step_s that
           train_rl logs (held-out evaluation excluded) over the steps after the first 2, with the
           sample and grade parts beside it; completions_per_s = 64 / s_per_step.
@@ -54,9 +56,11 @@ from nanopost.nexttoken import EpochBatches, NextTokenConfig, padding_efficiency
 from nanopost.tokenizer import Tokenizer, render_conversation, render_prompt
 
 FULL = dict(sft_records=8000, sft_rows=32, warmup=3, steps=20, sample_prompts=64, new_tokens=48,
-            grpo_prompts=8, grpo_generations=8, grpo_tokens=32, grpo_steps=12, grpo_skip=2)
+            grpo_prompts=8, grpo_generations=8, grpo_tokens=32, grpo_steps=12, grpo_skip=2,
+            grpo_iterations=1)
 QUICK = dict(sft_records=300, sft_rows=4, warmup=1, steps=2, sample_prompts=8, new_tokens=8,
-             grpo_prompts=2, grpo_generations=2, grpo_tokens=8, grpo_steps=3, grpo_skip=1)
+             grpo_prompts=2, grpo_generations=2, grpo_tokens=8, grpo_steps=3, grpo_skip=1,
+             grpo_iterations=1)
 
 
 def info(message):
@@ -170,7 +174,8 @@ def bench_grpo(tok, device, s, repeats, preset="bench", dtype="float32"):
         argv = ["--algo", "grpo", "--init", init, "--out", os.path.join(out, "rl"), "--device", str(device),
                 "--steps", str(s["grpo_steps"]), "--prompts_per_step", str(s["grpo_prompts"]),
                 "--num_generations", str(s["grpo_generations"]), "--max_completion_length", str(s["grpo_tokens"]),
-                "--beta", "0.04", "--families", "roots", "--n_prompts", str(s["grpo_prompts"] * s["grpo_steps"]),
+                "--beta", "0.04", "--num_iterations", str(s["grpo_iterations"]),
+                "--families", "roots", "--n_prompts", str(s["grpo_prompts"] * s["grpo_steps"]),
                 "--eval_prompts", "1", "--eval_every", "0", "--log_every", "1", "--seed", "0", "--dtype", dtype]
         info("grpo: train_rl.py " + " ".join(argv))
         with contextlib.redirect_stdout(sys.stderr):  # its summary line is not ours
@@ -184,6 +189,7 @@ def bench_grpo(tok, device, s, repeats, preset="bench", dtype="float32"):
             "completion_length": statistics.mean(m["completion_length"] for m in steps),
             "config": {"prompts_per_step": s["grpo_prompts"], "num_generations": s["grpo_generations"],
                        "max_completion_length": s["grpo_tokens"], "beta": 0.04, "steps": s["grpo_steps"],
+                       "num_iterations": s["grpo_iterations"],
                        "skipped_steps": s["grpo_skip"], "train_rl_argv": argv[4:]}}
 
 
@@ -199,6 +205,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--preset", default="bench", help="model shape: bench (the HF comparison) | gpt2 (124M, for MFU on a GPU)")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (autocast; GPU)")
+    p.add_argument("--grpo_iterations", type=int, default=None,
+                   help="num_iterations of the grpo benchmark (default 1, TRL's default; train_rl.py's is 2)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat: a smoke test, not a measurement")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -208,6 +216,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     sizes, repeats = (QUICK, 1) if args.quick else (FULL, args.repeats)
+    if args.grpo_iterations is not None:
+        sizes = {**sizes, "grpo_iterations": args.grpo_iterations}
     tok = bench_tokenizer()
     model_cfg = model_config(tok, args.preset).to_dict()
     lines = []

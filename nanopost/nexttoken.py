@@ -76,9 +76,11 @@ def forward_nll(model, batch, device, dtype="float32", flex=False):
     flex-attention block mask when flex)."""
     doc_ids = batch["doc_ids"].to(device) if batch["doc_ids"] is not None else None
     attn_mask = None if doc_ids is None else document_block_mask(doc_ids) if flex else document_mask(doc_ids)
+    keep = batch["loss_mask"].to(device).bool()  # only the targets go through lm_head and the softmax
     with autocast(device, dtype):
-        logits = model(batch["idx"].to(device), pos=batch["pos"].to(device), attn_mask=attn_mask)
-    return masked_nll(logits, batch["targets"].to(device), batch["loss_mask"].to(device))
+        logits = model(batch["idx"].to(device), pos=batch["pos"].to(device), attn_mask=attn_mask, keep=keep)  # (n, V)
+    nll = masked_nll(logits, batch["targets"].to(device)[keep], torch.ones_like(keep[keep]))  # (n,)
+    return torch.zeros(keep.shape, device=device).masked_scatter(keep, nll)  # (B, T), 0 off target
 
 
 def train_steps(model, optimizer, batches, cfg, device, log, start_step=0, save=None):

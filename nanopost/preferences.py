@@ -131,9 +131,10 @@ def sequence_logprobs(model, batch, average=False):
     """log π(response | prompt) per row = Σ_t log π(y_t | y_<t) over the response tokens, (2P,);
     average=True divides by the number of response tokens (IPO)."""
     idx, mask = batch["idx"], batch["response_mask"][:, 1:]
-    logits = model(idx[:, :-1])                                     # (2P, L-1, V)
-    logprobs = token_logprobs(logits, idx[:, 1:]) * mask           # (2P, L-1)
-    total = logprobs.sum(1)
+    keep = mask.bool()                                              # only response tokens reach lm_head
+    logits = model(idx[:, :-1], keep=keep)                          # (n, V)
+    logprobs = torch.zeros(keep.shape, device=idx.device).masked_scatter(keep, token_logprobs(logits, idx[:, 1:][keep]))
+    total = logprobs.sum(1)                                         # (2P,)
     return total / mask.sum(1).clamp(min=1) if average else total
 
 

@@ -85,18 +85,22 @@ def completion_positions(batch, rows=slice(None)):
 
 
 def completion_logprobs(model, batch, temperature=1.0, rows=slice(None), with_entropy=False):
-    """log π(completion token | prefix) at temperature, (b, N); positions past a row's end hold
-    junk and must be masked by batch.mask. Right padding: plain causal attention suffices.
-    with_entropy also returns the policy's entropy per completion position (no gradient)."""
-    idx = batch.idx[rows]
-    positions = completion_positions(batch, rows)
-    logits = model(idx[:, :-1])                                   # (b, L-1, V)
-    logprobs = token_logprobs(logits, idx[:, 1:], temperature).gather(1, positions)  # (b, N)
+    """log π(completion token | prefix) at temperature, (b, N), 0 past a row's end (batch.mask).
+    Right padding: plain causal attention suffices. Only the positions that predict a completion
+    token reach lm_head (the prompt's do not). with_entropy also returns the policy's entropy per
+    completion position (no gradient)."""
+    idx, mask = batch.idx[rows], batch.mask[rows].bool()          # (b, L), (b, N)
+    start = batch.start[rows]
+    p = torch.arange(idx.size(1) - 1, device=idx.device)[None, :]  # (1, L-1)
+    keep = (p >= start[:, None] - 1) & (p < start[:, None] - 1 + mask.sum(1, keepdim=True))  # (b, L-1)
+    logits = model(idx[:, :-1], keep=keep)                         # (n, V), row-major like mask's True
+    zeros = torch.zeros(mask.shape, device=idx.device)
+    logprobs = zeros.masked_scatter(mask, token_logprobs(logits, idx[:, 1:][keep], temperature))  # (b, N)
     if not with_entropy:
         return logprobs
     with torch.no_grad():
-        logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (b, L-1, V)
-        entropy = -(logp_all.exp() * logp_all).sum(-1).gather(1, positions)
+        logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (n, V)
+        entropy = zeros.masked_scatter(mask, -(logp_all.exp() * logp_all).sum(-1))
     return logprobs, entropy
 
 

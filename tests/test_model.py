@@ -257,16 +257,53 @@ def test_forward_position_beyond_block_size_raises(model):
             model(torch.ones(1, 2, dtype=torch.long), pos=torch.tensor([[0, 64]]))
 
 
-def test_kv_cache_update_moves_cursor_on_last_layer():
+def test_kv_cache_prefill_then_per_row_slots():
     cfg = GPTConfig(**SMALL)
     cache = KVCache(cfg, batch_size=2, max_len=10, device="cpu", dtype=torch.float32)
     k = torch.randn(2, 2, 3, 16)
-    k0, _ = cache.update(0, k, k)
-    assert cache.pos == 0 and k0.shape == (2, 2, 3, 16)
-    k1, _ = cache.update(1, k, k)
-    assert cache.pos == 3 and torch.equal(k1, k)
-    k2, _ = cache.update(0, k[:, :, :1], k[:, :, :1])
-    assert k2.shape == (2, 2, 4, 16) and torch.equal(k2[:, :, :3], k)
+    k0, v0 = cache.update(0, k, -k)  # prefill: positions 0..2 of both rows
+    assert k0.shape == (2, 2, 3, 16) and torch.equal(k0, k) and torch.equal(v0, -k)
+    cache.decode_at(torch.tensor([3, 5]))  # row 0 appends at 3, row 1 at 5
+    new = torch.randn(2, 2, 1, 16)
+    k1, v1 = cache.update(0, new, -new)
+    assert k1.shape == (2, 2, 6, 16)
+    assert torch.equal(k1[0, :, 3], new[0, :, 0]) and torch.equal(k1[1, :, 5], new[1, :, 0])
+    assert torch.equal(v1[1, :, 5], -new[1, :, 0]) and torch.equal(k1[:, :, :3], k)
+    assert (k1[0, :, 4:] == 0).all() and (k1[1, :, 3:5] == 0).all()  # nothing else written
+    part = cache.rows(1, 2)  # a view: a prefill of row 1 alone lands in the shared cache
+    part.update(1, torch.ones(1, 2, 2, 16), torch.ones(1, 2, 2, 16))
+    assert (cache.k[1, 1, :, :2] == 1).all() and (cache.k[1, 0] == 0).all()
+
+
+def test_prefill_runs_each_distinct_prompt_once(model, monkeypatch):
+    """A GRPO group repeats its prompt: the prefill forward sees each distinct prompt once, and
+    the rows still get what a batch of distinct prompts gets."""
+    prompts = random_prompts((3, 12, 4))
+    repeated = [p for p in prompts for _ in range(3)]
+    calls = []
+    forward = GPT.forward
+
+    def counting(self, idx, *args, **kwargs):
+        calls.append(tuple(idx.shape))
+        return forward(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", counting)
+    tok_r, lp_r, _, _ = generate(model, repeated, max_new_tokens=6, temperature=0)
+    prefill_rows = sum(rows for rows, width in calls if width > 1)
+    assert prefill_rows == 3  # 9 rows, 3 distinct prompts
+    assert calls[0] == (2, 4) and calls[1] == (1, 12)  # lengths 3 and 4 share a chunk; 12 alone
+    tok_d, lp_d, _, _ = generate(model, prompts, max_new_tokens=6, temperature=0)
+    assert torch.equal(tok_r[::3], tok_d) and torch.equal(tok_r[1::3], tok_d)
+    torch.testing.assert_close(lp_r[2::3], lp_d, atol=1e-5, rtol=0)
+
+
+def test_inverse_cdf_sampling_never_picks_zero_probability():
+    logits = torch.full((4000, 6), float("-inf"))
+    logits[:, 2], logits[:, 5] = 0.0, math.log(3.0)  # p = 1/4, 3/4; tokens 0, 1, 3, 4 impossible
+    tok, lp = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert set(tok.tolist()) == {2, 5}
+    assert abs((tok == 5).float().mean().item() - 0.75) < 0.03
+    torch.testing.assert_close(lp[tok == 2], torch.full_like(lp[tok == 2], math.log(0.25)))
 
 
 # ----------------------------------------------------------------------------- document_mask
@@ -376,3 +413,43 @@ def test_peak_flops_matches_whole_device_names(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert estimate_mfu(model, 1e6, 16, cuda, "bfloat16") == pytest.approx(model.flops_per_token(16) * 1e6 / 989e12)
     assert estimate_mfu(model, 1e6, 16, torch.device("cpu")) == 0.0
+
+
+# ----------------------------------------------------------------------------- dropout
+
+
+def test_dropout_drops_at_rate_p_and_keeps_the_mean():
+    from nanopost.model import Dropout
+    drop = Dropout(0.1)
+    x = torch.ones(200_000, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.005
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.9))  # inverted scaling
+    assert abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient flows through the kept entries only
+    assert drop.eval()(x) is x  # identity in eval mode
+    assert Dropout(0.0).train()(x) is x
+
+
+def test_training_attention_with_dropout_matches_sdpa_when_nothing_is_dropped():
+    """The CPU training path (manual attention + Dropout) computes what SDPA computes: with a
+    dropout probability so small that no entry is dropped, outputs and gradients agree, for
+    plain causal rows and for packed rows with a document mask."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    ref = GPT(cfg).train()
+    manual = GPT(GPTConfig(**{**cfg.to_dict(), "dropout": 1e-12})).train()
+    manual.load_state_dict(ref.state_dict())
+    idx = torch.randint(0, V, (3, 20))
+    doc_ids = torch.tensor([[1] * 7 + [2] * 13, [1] * 20, [1] * 5 + [2] * 5 + [3] * 10])
+    for mask in (None, document_mask(doc_ids)):
+        out_ref, out_manual = ref(idx, attn_mask=mask), manual(idx, attn_mask=mask)
+        torch.testing.assert_close(out_manual, out_ref, atol=1e-5, rtol=1e-5)
+        ref.zero_grad(), manual.zero_grad()
+        out_ref.square().mean().backward(), out_manual.square().mean().backward()
+        for (name, a), b in zip(ref.named_parameters(), manual.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
