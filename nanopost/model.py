@@ -354,9 +354,14 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     # inverse-CDF sampling: the first token whose cumulative probability exceeds u ~ U[0, total).
     # Same distribution as torch.multinomial, one uniform per row instead of an exponential per
     # vocabulary entry (10x faster on a CPU); right=True never picks a token of probability 0
-    cdf = F.softmax(filtered, dim=-1).cumsum(dim=-1)  # (B, V)
+    probs = F.softmax(filtered, dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)
+    if not bool(torch.isfinite(cdf[:, -1]).all()):
+        raise ValueError("the model's logits are not finite (NaN or inf): cannot sample")
     u = torch.rand(cdf.size(0), 1, device=cdf.device, generator=generator) * cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.size(1) - 1)
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1)
+    # u rounded up to the total (p ~ 2^-24) would fall past the end: take the last possible token
+    tokens = torch.minimum(tokens, (probs > 0).cumsum(dim=-1).argmax(dim=-1))
     return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
 

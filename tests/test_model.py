@@ -304,6 +304,8 @@ def test_inverse_cdf_sampling_never_picks_zero_probability():
     assert set(tok.tolist()) == {2, 5}
     assert abs((tok == 5).float().mean().item() - 0.75) < 0.03
     torch.testing.assert_close(lp[tok == 2], torch.full_like(lp[tok == 2], math.log(0.25)))
+    with pytest.raises(ValueError, match="not finite"):
+        sample_next(torch.full((2, 6), float("nan")), temperature=1.0)
 
 
 # ----------------------------------------------------------------------------- document_mask
