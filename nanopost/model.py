@@ -413,7 +413,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_id
         if cache is None:  # the reference: every position again, plain causal over right-padded rows
             hidden = model(idx[:, :P + t], return_hidden=True)[rows, last]  # (B, C)
         elif t == 0:
-            hidden = _prefill(model, prompts, idx, cache)
+            hidden = _prefill(model, prompts, cache)
         else:
             cache.decode_at(last)
             keys = torch.arange(cache.end, device=device)
@@ -434,26 +434,27 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_id
     return out_tokens, out_logprobs, lengths, done
 
 
-def _prefill(model, prompts, idx, cache, max_waste=1.5):
+def _prefill(model, prompts, cache, max_waste=1.5):
     """Fill the cache with every prompt's keys/values; return the hidden state (B, C) at each
     prompt's last token. Each distinct prompt runs once; the distinct prompts, sorted by length,
     go in chunks whose longest is at most max_waste x their shortest (little padding)."""
+    device = cache.k.device
     distinct = sorted({tuple(p) for p in prompts}, key=len)
     where = {p: i for i, p in enumerate(distinct)}
-    inverse = torch.tensor([where[tuple(p)] for p in prompts], device=idx.device)  # (B,) row -> distinct prompt
+    inverse = torch.tensor([where[tuple(p)] for p in prompts], device=device)  # (B,) row -> distinct prompt
     U, P = len(distinct), len(distinct[-1])
-    shared = KVCache(model.config, U, P, idx.device, cache.k.dtype)
-    last_hidden = torch.empty(U, model.config.n_embd, device=idx.device, dtype=cache.k.dtype)
+    shared = KVCache(model.config, U, P, device, cache.k.dtype)
+    last_hidden = torch.empty(U, model.config.n_embd, device=device, dtype=cache.k.dtype)
     lo = 0
     while lo < U:
         hi = lo + 1
         while hi < U and len(distinct[hi]) <= max_waste * len(distinct[lo]):
             hi += 1
         width = len(distinct[hi - 1])
-        chunk = torch.tensor([list(p) + [0] * (width - len(p)) for p in distinct[lo:hi]], device=idx.device)
+        chunk = torch.tensor([list(p) + [0] * (width - len(p)) for p in distinct[lo:hi]], device=device)
         hidden = model(chunk, kv_cache=shared.rows(lo, hi), return_hidden=True)  # (n, width, C)
-        ends = torch.tensor([len(p) - 1 for p in distinct[lo:hi]], device=idx.device)
-        last_hidden[lo:hi] = hidden[torch.arange(hi - lo, device=idx.device), ends].to(last_hidden.dtype)
+        ends = torch.tensor([len(p) - 1 for p in distinct[lo:hi]], device=device)
+        last_hidden[lo:hi] = hidden[torch.arange(hi - lo, device=device), ends].to(last_hidden.dtype)
         lo = hi
     cache.k[:, :, :, :P] = shared.k[:, inverse]
     cache.v[:, :, :, :P] = shared.v[:, inverse]
