@@ -4,15 +4,17 @@ GPT-2 weights load into it, plus batched KV-cache sampling for every stage that 
 
     from nanopost.model import GPT, GPTConfig, generate
     model = GPT(GPTConfig.preset("tiny", vocab_size=1024))
-    tokens, logprobs, lengths = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=16)
+    tokens, logprobs, lengths, stopped = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=16)
     gpt2 = load_hf_gpt2("path/to/gpt2")  # real GPT-2 weights from a HuggingFace folder (nanopost/hf.py)
 
-Attention is `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
-Three attention patterns go through the same code:
-- plain causal (training on right-padded rows: a real token never sees a pad on its right);
-- a boolean mask (B, 1, Tq, Tk) for packed rows (block-diagonal causal, one block per
-  document) and for left-padded prompts during sampling;
-- a KV cache for decoding, one new token per row per step.
+Attention is `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU) for:
+- plain causal rows (training on right-padded rows: a real token never sees a pad on its right;
+  the sampler's prefill, whose prompts are right-padded too);
+- a boolean mask (B, 1, Tq, Tk) for packed rows (block-diagonal causal, one block per document),
+  or a flex-attention block mask on GPU (document_block_mask).
+Two cases are written out as two matmuls and a softmax instead, because on a CPU that is faster:
+decoding with the KV cache (one query per row, keys masked per row) and training with attention
+dropout (SDPA's generic path does the same maths, with a slower dropout mask; see Dropout).
 """
 import math
 import re
