@@ -11,7 +11,8 @@ per line (optional "family" for per-family reports). render_conversation() decid
 tokens: assistant content and its end-of-turn token (§5 masked NLL, normalised by the target
 tokens of the whole optimiser step). At the end: the §1 demonstration (held-out fact questions
 without a question mark: share answered directly, base vs SFT) and held-out exact-match
-accuracy per task family. The final stdout line is a JSON summary.
+accuracy per task family (each prompt's reply in OUT/heldout_replies.jsonl). The final stdout line
+is a JSON summary.
 """
 import dataclasses
 import os
@@ -25,7 +26,7 @@ from nanopost import preference_world, world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_sft, read_jsonl, write_jsonl
-from nanopost.evaluate import direct_answer_rate, heldout_accuracy
+from nanopost.evaluate import direct_answer_rate, exact_match, heldout_accuracy
 from nanopost.instruct_world import instruct_sft_records
 from nanopost.nexttoken import EpochBatches, NextTokenConfig, NonFiniteLoss, padding_efficiency, train_steps
 
@@ -113,7 +114,12 @@ def main(argv=None):
     model.eval()
     direct, samples = direct_answer_rate(model, tok, questions, chat=True)
     log.info(f"after SFT: {direct:.0%} answered directly, e.g. {questions[0]!r} -> {samples[0]!r}")
-    accuracy, _ = heldout_accuracy(model, tok, eval_records)
+    accuracy, replies = heldout_accuracy(model, tok, eval_records)
+    if log.main:  # per prompt, so that two runs can be compared prompt by prompt (quality.compare_runs)
+        write_jsonl(os.path.join(cfg.out, "heldout_replies.jsonl"),
+                    [{"prompt": r["messages"][-2]["content"], "family": r.get("family", "all"), "reply": reply,
+                      "correct": exact_match(reply, r["messages"][-1]["content"])}
+                     for r, reply in zip(eval_records, replies)])
     return log.finish({"stage": "sft", "batching": cfg.batching, "steps": cfg.steps,
                        "loss": stats["losses"][-1] if stats["losses"] else None,
                        "direct_answer_rate": direct, "base_direct_answer_rate": base_direct,

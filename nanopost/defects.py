@@ -22,7 +22,8 @@ world's deliberate label noise, off-by-one code and prose roots, at label_noise 
 two are the kinds broken_code (in part) and prose_answer.)
 
     python -m nanopost.world --defects 0.2 --out data/sft_defects.jsonl
-    # also writes data/sft_defects.heldout.jsonl: train_sft.py's held-out set minus planted prompts
+    # also writes data/sft_defects.heldout.jsonl: train_sft.py's held-out set (--heldout_per_family,
+    # default 40) minus the planted items, and data/sft_defects.planted.jsonl: the planted ones
     python -m nanopost.quality --measure --defects 0.2        # precision / recall per kind
 """
 import dataclasses
@@ -263,15 +264,33 @@ def measure(n, rate, seed, eval_prompts, out="", near_threshold=0.7, contaminati
     return summary
 
 
-def main(rate, out, seed=0, n=2000, mode="replace"):
-    """python -m nanopost.world --defects RATE --out FILE [--defects_mode add]"""
+def eval_items(seed=0, per_family=200):
+    """Held-out prompt -> its item, the world's key that decides the split (a country, a sum, a
+    pair of roots, a function), for every prompt of world.eval_records(per_family, seed) (which
+    holds every prompt eval_pool plants)."""
+    return {t.prompt: t.key for name, family in world.SFT_FAMILIES.items()
+            for t in world.sample_tasks(per_family, "eval", seed, {name: family}, unique=True)}
+
+
+def main(rate, out, seed=0, n=2000, mode="replace", heldout_per_family=40):
+    """python -m nanopost.world --defects RATE --out FILE [--defects_mode add] [--heldout_per_family N]"""
     records = defect_records(n, rate, seed, mode=mode)
     write_jsonl(out, records)
-    # train_sft.py's held-out set without the prompts planted here: a fair held-out score
+    # train_sft.py's held-out set without the items planted here: a fair held-out score. An item
+    # is planted with any of its wordings ("Name the capital of Peru." planted teaches "Tell me the
+    # capital of Peru" too). The planted ones go to their own file, "planted": "prompt" (this very
+    # prompt) or "item" (another wording): what contamination does to a score, measured apart.
+    items = eval_items(seed, max(200, heldout_per_family))
+    item = lambda prompt: items.get(prompt, prompt)
     planted = {r["messages"][-2]["content"] for r in records if r.get("defect") == "contamination"}
-    heldout = [r for r in world.eval_records(40, seed) if r["messages"][-2]["content"] not in planted]
-    heldout_path = os.path.splitext(out)[0] + ".heldout.jsonl"
-    write_jsonl(heldout_path, heldout)
+    planted_items = {item(p) for p in planted}
+    evals = world.eval_records(heldout_per_family, seed)
+    prompt = lambda r: r["messages"][-2]["content"]
+    heldout = [r for r in evals if item(prompt(r)) not in planted_items]
+    stem = os.path.splitext(out)[0]
+    write_jsonl(stem + ".heldout.jsonl", heldout)
+    write_jsonl(stem + ".planted.jsonl", [{**r, "planted": "prompt" if prompt(r) in planted else "item"}
+                                          for r in evals if item(prompt(r)) in planted_items])
     kinds = Counter(r.get("defect", "clean") for r in records)
-    print(json.dumps({"out": out, "records": len(records), "defects": dict(kinds), "heldout": heldout_path,
-                      "heldout_records": len(heldout), "heldout_planted": len(world.eval_records(40, seed)) - len(heldout)}))
+    print(json.dumps({"out": out, "records": len(records), "defects": dict(kinds), "heldout": stem + ".heldout.jsonl",
+                      "heldout_records": len(heldout), "heldout_planted": len(evals) - len(heldout)}))

@@ -7,6 +7,7 @@ response, or the first of a ranking, is checked against the prompt):
     # -> runs/quality/kept.jsonl, rejected.jsonl (each record with its "reason"), summary.json;
     #    a table on stdout and a final JSON line {"input", "kept", "rejected", "by_reason", ...}
     python -m nanopost.quality --measure --defects 0.2     # precision / recall per injected defect
+    python -m nanopost.quality --compare runs/dq/s0 runs/dq/s1 ...   # does filtering help SFT? (README)
 
 Checks, in this order; a record is rejected by the first that fires, with one reason
 "check: detail" (the record checks are in nanopost/checks.py, duplicates in nanopost/dedup.py):
@@ -31,6 +32,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -244,6 +246,93 @@ def print_table(summary):
         print("flag: " + flag)
 
 
+# ------------------------------------------------------------------- does filtering help training?
+
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # t_{0.975, df} for df = 1..10
+
+
+def sign_test(wins, losses):
+    """Two-sided exact sign test: the chance that a fair coin splits wins + losses tosses at least
+    this unevenly, p = min(1, 2 * sum_{i <= min(w, l)} C(n, i) / 2^n). Ties are left out before."""
+    n, k = wins + losses, min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+
+
+def compare_runs(pairs, prompts=None):
+    """Paired comparison of train_sft.py runs: pairs [(run_a, run_b)], one pair per seed, both runs
+    of a pair evaluated on the same held-out prompts (OUT/heldout_replies.jsonl; prompts[i], a set,
+    keeps only those of pair i). Per seed d = acc(b) - acc(a). The 95% interval of the mean d is
+    Student's t over seeds (df = seeds - 1): it holds the training randomness and the choice of
+    prompts, which a per-prompt test alone ignores. Also the sign test over seeds, and over
+    prompts pooled across seeds (right for b only vs for a only: McNemar's exact test, secondary)."""
+    assert 0 < len(pairs) <= len(T95) + 1, f"1 to {len(T95) + 1} pairs (seeds), got {len(pairs)}"
+
+    def replies(run, keep):
+        rows = {r["prompt"]: r for _, r in read_jsonl(os.path.join(run, "heldout_replies.jsonl"))}
+        return {p: r for p, r in rows.items() if keep is None or p in keep}
+    by_seed, only_b, only_a, families = [], 0, 0, {}
+    for (run_a, run_b), keep in zip(pairs, prompts or [None] * len(pairs)):
+        a, b = replies(run_a, keep), replies(run_b, keep)
+        assert a.keys() == b.keys() and (keep is None or a.keys() == keep), \
+            f"{run_a} and {run_b} were evaluated on different prompts"
+        acc_a, acc_b = (sum(r["correct"] for r in x.values()) / len(x) for x in (a, b))
+        by_seed.append({"a": acc_a, "b": acc_b, "diff": acc_b - acc_a, "prompts": len(a)})
+        only_b += sum(b[p]["correct"] > a[p]["correct"] for p in a)
+        only_a += sum(a[p]["correct"] > b[p]["correct"] for p in a)
+        for p in a:
+            families.setdefault(a[p]["family"], []).append((a[p]["correct"], b[p]["correct"]))
+    diffs = [s["diff"] for s in by_seed]
+    mean = sum(diffs) / len(diffs)
+    half = T95[len(diffs) - 2] * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return {"seeds": len(pairs), "a": sum(s["a"] for s in by_seed) / len(by_seed),
+            "b": sum(s["b"] for s in by_seed) / len(by_seed), "diff": mean, "ci95": [mean - half, mean + half],
+            "seeds_b_better": sum(d > 0 for d in diffs), "seeds_a_better": sum(d < 0 for d in diffs),
+            "sign_p_seeds": sign_test(sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)),
+            "prompts_only_b": only_b, "prompts_only_a": only_a, "sign_p_prompts": sign_test(only_b, only_a),
+            "by_family": {f: [sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v)]
+                          for f, v in sorted(families.items())},
+            "by_seed": by_seed}
+
+
+def planted_accuracy(run, records):
+    """Exact match of a train_sft.py run's checkpoint on held-out records whose item was planted
+    in its training data -> {"prompt": [correct, n], "item": [correct, n]} by record["planted"]."""
+    from nanopost.checkpoint import load_checkpoint
+    from nanopost.evaluate import chat_complete, exact_match
+    state = load_checkpoint(os.path.join(run, "ckpt"), "cpu")
+    state["model"].eval()
+    replies = chat_complete(state["model"], state["tok"], [r["messages"][:-1] for r in records])
+    out = {"prompt": [0, 0], "item": [0, 0]}
+    for r, reply in zip(records, replies):
+        out[r["planted"]][0] += exact_match(reply, r["messages"][-1]["content"])
+        out[r["planted"]][1] += 1
+    return out
+
+
+def compare_filtering(dirs):
+    """python -m nanopost.quality --compare DIR [DIR ...]: one DIR per seed of the experiment
+    'SFT on defective data, filtered vs unfiltered' (the README's commands), holding the runs
+    DIR/unfiltered and DIR/filtered (train_sft.py --out), the held-out set DIR/defects.heldout.jsonl
+    and the planted held-out prompts DIR/defects.planted.jsonl. Prints one JSON line:
+    a = unfiltered, b = filtered; "planted": accuracy on the planted prompts, and on other
+    wordings of the planted items."""
+    prompt_sets = [{r["messages"][-2]["content"] for _, r in read_jsonl(os.path.join(d, "defects.heldout.jsonl"))}
+                   for d in dirs]
+    result = compare_runs([(os.path.join(d, "unfiltered"), os.path.join(d, "filtered")) for d in dirs], prompt_sets)
+    result["planted"] = {}
+    for arm in ("unfiltered", "filtered"):
+        total = {"prompt": [0, 0], "item": [0, 0]}
+        for d in dirs:
+            records = [r for _, r in read_jsonl(os.path.join(d, "defects.planted.jsonl"))]
+            for kind, (correct, n) in planted_accuracy(os.path.join(d, arm), records).items():
+                total[kind][0] += correct
+                total[kind][1] += n
+        result["planted"][arm] = {kind: correct / max(n, 1) for kind, (correct, n) in total.items()}
+    result["planted"]["prompts"] = {kind: n for kind, (_, n) in total.items()}
+    print(json.dumps(result))
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("data", nargs="?", help="input JSONL (§3 conversations or §7 preference records)")
@@ -257,7 +346,11 @@ def main(argv=None):
     p.add_argument("--measure", action="store_true", help="measure precision/recall on injected defects")
     p.add_argument("--defects", type=float, default=0.2, help="--measure: share of defective records")
     p.add_argument("--n", type=int, default=2000, help="--measure: records to generate")
+    p.add_argument("--compare", nargs="+", default=[], metavar="DIR",
+                   help="compare SFT runs on filtered vs unfiltered data, one DIR per seed (compare_filtering)")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare_filtering(args.compare)
     eval_prompts = world_eval_prompts(args.seed, args.eval_data)
     if args.measure:
         from nanopost.defects import measure

@@ -403,10 +403,12 @@ def main():
                    help="write only SFT data with this share of labelled defects to the file --out (nanopost/defects.py)")
     p.add_argument("--n", type=int, default=2000, help="--defects: number of records")
     p.add_argument("--defects_mode", default="replace", help="--defects: replace (a clean record) | add (a second label)")
+    p.add_argument("--heldout_per_family", type=int, default=40,
+                   help="--defects: held-out prompts per family in FILE.heldout.jsonl (at most the split's)")
     args = p.parse_args()
     if args.defects is not None:
         from nanopost import defects
-        return defects.main(args.defects, args.out, args.seed, args.n, args.defects_mode)
+        return defects.main(args.defects, args.out, args.seed, args.n, args.defects_mode, args.heldout_per_family)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "corpus.txt"), "w") as f:
         f.write("\n\n".join(base_corpus(seed=args.seed)))

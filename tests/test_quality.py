@@ -229,10 +229,54 @@ def test_defect_records_are_labelled():
 def test_cli_smoke(tmp_path):
     data = tmp_path / "d.jsonl"
     out = subprocess.run([sys.executable, "-m", "nanopost.world", "--defects", "0.3", "--n", "60",
-                          "--out", str(data)], capture_output=True, text=True, check=True).stdout
+                          "--heldout_per_family", "5", "--out", str(data)], capture_output=True, text=True,
+                         check=True).stdout
     assert json.loads(out.strip().splitlines()[-1])["records"] == len(read_jsonl(str(data)))
+    # the held-out set is split into the prompts not planted and the planted ones
+    heldout, planted = ({r["messages"][0]["content"] for _, r in read_jsonl(str(tmp_path / f"d.{name}.jsonl"))}
+                        for name in ("heldout", "planted"))
+    assert not heldout & planted and len(heldout | planted) == len(world.eval_records(5, 0))
     out = subprocess.run([sys.executable, "-m", "nanopost.quality", str(data), "--out", str(tmp_path / "q")],
                          capture_output=True, text=True, check=True).stdout
     last = json.loads(out.strip().splitlines()[-1])
     assert last["kept"] + last["rejected"] == last["input"] == len(read_jsonl(str(data)))
     assert set(last) >= {"input", "kept", "rejected", "by_reason"}
+
+
+def test_a_planted_item_is_planted_in_every_wording():
+    items = defects.eval_items(0)
+    by_item = {}
+    for prompt, item in items.items():
+        by_item.setdefault(item, set()).add(prompt)
+    country = next(k for k, v in by_item.items() if any(p.startswith("Tell me the capital of") for p in v))
+    assert len(by_item[country]) >= 7  # the fact questions and the uppercase one ask about one item
+    assert any(len(v) > 1 for k, v in by_item.items() if k.startswith("roots:"))  # both factor orders
+
+
+# ----------------------------------------------------------------------------- filtered vs unfiltered SFT
+
+def test_sign_test_by_hand():
+    assert quality.sign_test(13, 5) == pytest.approx(2 * (1 + 18 + 153 + 816 + 3060 + 8568) / 2 ** 18)  # 0.096
+    assert quality.sign_test(5, 0) == quality.sign_test(0, 5) == 2 / 32
+    assert quality.sign_test(3, 3) == quality.sign_test(0, 0) == 1.0
+
+
+def test_compare_runs_pairs_prompts_and_seeds(tmp_path):
+    def run(name, family_correct):
+        write_jsonl(str(tmp_path / name / "heldout_replies.jsonl"),
+                    [{"prompt": f"p{i}", "family": f, "reply": "", "correct": float(c)}
+                     for i, (f, c) in enumerate(family_correct)])
+        return str(tmp_path / name)
+    fam = ["x", "x", "y", "y"]
+    pairs = [(run("a0", zip(fam, [1, 0, 0, 0])), run("b0", zip(fam, [1, 1, 0, 0]))),   # d = +0.25
+             (run("a1", zip(fam, [1, 1, 0, 0])), run("b1", zip(fam, [1, 0, 1, 0])))]   # d = 0
+    r = quality.compare_runs(pairs)
+    half = 12.706 * (0.25 / 2 ** 0.5) / 2 ** 0.5  # t(df 1) * stdev([0.25, 0]) / sqrt(2)
+    assert (r["a"], r["b"], r["diff"]) == pytest.approx((0.375, 0.5, 0.125))
+    assert r["ci95"] == pytest.approx([0.125 - half, 0.125 + half])
+    assert (r["seeds_b_better"], r["seeds_a_better"], r["prompts_only_b"], r["prompts_only_a"]) == (1, 0, 2, 1)
+    assert r["by_family"] == {"x": [0.75, 0.75], "y": [0.0, 0.25]}
+    only = quality.compare_runs(pairs, [{"p0", "p1"}, {"p0", "p1"}])  # seed 0: d = +0.5, seed 1: d = -0.5
+    assert only["diff"] == pytest.approx(0.0) and only["by_family"] == {"x": [0.75, 0.75]}
+    with pytest.raises(AssertionError, match="different prompts"):
+        quality.compare_runs([(pairs[0][0], run("c", zip(fam[:3], [1, 1, 1])))])
