@@ -15,11 +15,13 @@ K(K-1)/2 pairs. Reports held-out pairwise accuracy (chance: 50%), the mean margi
 the mean / std of the rewards on the training responses, which the checkpoint keeps so that RL
 can use the standardised reward (r - mean) / std.
 
---reward_logp w departs from the plain last-token head: r(x, y) = head(h_last) + w · log π(y | x), π
-the body's own language-model head (trained along with the head, as DPO trains its policy). Whether an answer is *correct*
-is knowledge the body has as a language model (it ranks the right capital of a held-out country
-first); a head trained on a few dozen training countries learns lookups of those instead, and is at
-chance on held-out ones. The log-likelihood hands that knowledge to the reward directly.
+--reward_logp w departs from the plain last-token head: r(x, y) = head(h_last) + w · log π(y | x),
+π the body's own language-model head (trained along with the head, as DPO trains its policy).
+Whether an answer is *correct* is knowledge the body has as a language model (it ranks the right
+capital of a held-out country first); a head trained on a few dozen training countries learns
+lookups of those instead, and is at chance on held-out ones. The log-likelihood hands that
+knowledge to the reward, but it also carries style (filler the SFT model never wrote costs ~200
+nats), so it costs format and concision; off by default (README: measured).
 """
 import dataclasses
 import os

@@ -15,7 +15,9 @@ teaches: shown the principle, the question and one response, it answers "Verdict
 "Verdict: no". Its probabilities p_A, p_B of " yes" (against " no") for the two responses give
     P(A better) = p_A (1 - p_B) + ½ [p_A p_B + (1 - p_A)(1 - p_B)] = ½ + ½ (p_A - p_B).
 (One response per prompt is what a 2M-parameter judge can learn: a prompt holding both responses
-and asking for two verdicts and a comparison stayed at chance in our runs.)
+and asking for two verdicts and a comparison stayed at chance in our runs.) Reference-guided
+(--judge_reference, model_judge(reference=True)): the judge first answers each question itself and
+every judging prompt shows that answer as "Reference:", as MT-Bench's judge grades against one.
 
 Labelling a pair (a, b): under every principle k the judge is asked in both orders, which cancels
 position bias,   p_k = ½ (J(a, b) + 1 - J(b, a)),   and the principles are combined by weighted
