@@ -6,6 +6,7 @@ of prompt + response, trained with the Bradley-Terry loss on chosen/rejected pai
     python train_rm.py --data my_prefs.jsonl --eval_data my_prefs_eval.jsonl
     python train_rm.py --labels ai                # pairs sampled from the SFT model, labelled by the AI judge (§6)
     python train_rl.py --algo grpo --reward rm:runs/rm/ckpt   # then use it as the RL reward (RLHF)
+    python train_rm.py --reward_logp 0.5 --head_lr 3e-3   # + 0.5 · log π(response | prompt) of the body (see below)
     python train_rm.py --kind prm                 # a process reward model instead (§6, nanopost/prm.py)
 
 Loss per pair (InstructGPT / Bradley-Terry):  -log σ(r_c - r_r - margin)  (+ c·(r_c + r_r)² with
@@ -13,6 +14,14 @@ Loss per pair (InstructGPT / Bradley-Terry):  -log σ(r_c - r_r - margin)  (+ c�
 K(K-1)/2 pairs. Reports held-out pairwise accuracy (chance: 50%), the mean margin r_c - r_r, and
 the mean / std of the rewards on the training responses, which the checkpoint keeps so that RL
 can use the standardised reward (r - mean) / std.
+
+--reward_logp w departs from the plain last-token head: r(x, y) = head(h_last) + w · log π(y | x),
+π the body's own language-model head (trained along with the head, as DPO trains its policy).
+Whether an answer is *correct* is knowledge the body has as a language model (it ranks the right
+capital of a held-out country first); a head trained on a few dozen training countries learns
+lookups of those instead, and is at chance on held-out ones. The log-likelihood hands that
+knowledge to the reward, but it also carries style (filler the SFT model never wrote costs ~200
+nats), so it costs format and concision; off by default (README: measured).
 """
 import dataclasses
 import os
@@ -46,6 +55,10 @@ class RMConfig(PreferenceConfig):
     use_margin: bool = flag(True, "subtract each record's 'margin' inside the loss", "optimisation")
     lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses, trained alongside (keeps "
                                "the body a language model, whose knowledge the reward can then use)", "optimisation")
+    reward_logp: float = flag(0.0, "w: add w · log π(response | prompt), the body's own log-likelihood of the "
+                                   "response, to the head's score (the reward can then use what the language model "
+                                   "knows; model.ScalarModel); 0: off", "reward head")
+    head_lr: float = flag(0.0, "peak learning rate of the scalar head; 0: --lr", "reward head")
     kind_weights: str = flag("", "training mix by kind of pair: kind=w repeats each pair of that kind w times, 0 "
                                  "drops it, *=w for the kinds not named (e.g. correct=3; correct=1,*=0)", "preferences")
     # --kind prm: a process reward model on step-labelled chains (nanopost/prm.py, §6)
@@ -62,7 +75,7 @@ def score_pairs(rm, pairs, pad_id, device, batch_size=64):
     for lo in range(0, len(pairs), batch_size):
         chunk = pairs[lo:lo + batch_size]
         batch = pair_batch(chunk, pad_id, device)
-        r = last_token_rewards(rm, batch["idx"], batch["lengths"]).float()
+        r = last_token_rewards(rm, batch["idx"], batch["lengths"], batch["response_mask"]).float()
         chosen.append(r[:len(chunk)])
         rejected.append(r[len(chunk):])
     return torch.cat(chosen), torch.cat(rejected)
@@ -105,8 +118,10 @@ def main(argv=None):
     log.info(f"{len(train)} training pairs ({report['train']['records']} records), {len(held_out)} held-out pairs, "
              f"init {init}, device {device}")
 
-    rm = ScalarModel(state["model"]).to(device)
-    optimizer = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    rm = ScalarModel(state["model"], cfg.reward_logp).to(device)
+    groups = [{"params": list(rm.gpt.parameters())},
+              {"params": list(rm.head.parameters()), "lr_scale": (cfg.head_lr or cfg.lr) / cfg.lr}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     start_step = 0
     if cfg.resume:
         rm.head.load_state_dict(state["extra"]["head"])
@@ -117,7 +132,7 @@ def main(argv=None):
     def loss_fn(model, indices, n_total):  # model: rm, or its DDP wrapper under torchrun
         pairs = [train[i] for i in indices]
         batch = pair_batch(pairs, tok.pad_id, device)
-        rewards = last_token_rewards(model, batch["idx"], batch["lengths"]).float()  # (2P,)
+        rewards = last_token_rewards(model, batch["idx"], batch["lengths"], batch["response_mask"]).float()  # (2P,)
         r_c, r_r = rewards[:len(pairs)], rewards[len(pairs):]
         losses = bradley_terry_loss(r_c, r_r, batch["margin"] if cfg.use_margin else None)
         losses = losses + cfg.center_rewards_coefficient * (r_c + r_r) ** 2
@@ -131,7 +146,8 @@ def main(argv=None):
         return losses.sum() / n_total, sums
 
     def save(step, stats=None):
-        extra = {"head": rm.head.state_dict(), **(stats or {"reward_mean": 0.0, "reward_std": 1.0})}
+        extra = {"head": rm.head.state_dict(), "logp_weight": cfg.reward_logp,
+                 **(stats or {"reward_mean": 0.0, "reward_std": 1.0})}
         save_checkpoint(ckpt_path, rm.gpt, tok, step, dataclasses.asdict(cfg), "rm", optimizer, rng_state(), extra)
 
     rm.train()

@@ -15,7 +15,9 @@ teaches: shown the principle, the question and one response, it answers "Verdict
 "Verdict: no". Its probabilities p_A, p_B of " yes" (against " no") for the two responses give
     P(A better) = p_A (1 - p_B) + ½ [p_A p_B + (1 - p_A)(1 - p_B)] = ½ + ½ (p_A - p_B).
 (One response per prompt is what a 2M-parameter judge can learn: a prompt holding both responses
-and asking for two verdicts and a comparison stayed at chance in our runs.)
+and asking for two verdicts and a comparison stayed at chance in our runs.) Reference-guided
+(--judge_reference, model_judge(reference=True)): the judge first answers each question itself and
+every judging prompt shows that answer as "Reference:", as MT-Bench's judge grades against one.
 
 Labelling a pair (a, b): under every principle k the judge is asked in both orders, which cancels
 position bias,   p_k = ½ (J(a, b) + 1 - J(b, a)),   and the principles are combined by weighted
@@ -61,22 +63,34 @@ def load_constitution(path=None):
     return principles
 
 
-def model_judge(model, tok, batch_size=64):
-    """The built-in judge: a nanopost model prompted with the principle (see the module docstring)."""
+def model_judge(model, tok, batch_size=64, reference=False):
+    """The built-in judge: a nanopost model prompted with the principle (see the module docstring).
+    reference=True: reference-guided judging; the model first answers each question itself
+    (greedy) and every judging prompt shows that answer as the reference, so a wrong response can
+    be told from a right one by comparison (preference_world.judge_records teaches both formats)."""
     yes, no = tok.encode(" yes")[0], tok.encode(" no")[0]
     assert yes != no, "' yes' and ' no' must start with different tokens"
     block = model.config.block_size
     cue = tok.encode("Verdict:")  # the start of preference_world.judge_verdict
+    own_answers = {}  # question -> the judge's own greedy answer (reference=True)
 
     def p_yes(sequences):
         """P(' yes' | sequence) vs ' no', for each token-id sequence."""
         logits = next_token_logits(model, sequences, tok.pad_id, batch_size)  # (N, V)
         return torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0].tolist()
 
+    def references(questions):
+        new = sorted(set(questions) - set(own_answers))
+        if new:
+            answers = chat_complete(model, tok, [[{"role": "user", "content": q}] for q in new], 32)
+            own_answers.update(zip(new, answers))
+        return [own_answers[q] for q in questions]
+
     def verdicts(questions, responses, principle):
         """P(the response follows the principle) per response; None where the prompt does not fit."""
-        seqs = [render_prompt(tok, [{"role": "user", "content": preference_world.judge_prompt(principle, q, r)}]) + cue
-                for q, r in zip(questions, responses)]
+        refs = references(questions) if reference else [None] * len(questions)
+        seqs = [render_prompt(tok, [{"role": "user", "content": preference_world.judge_prompt(principle, q, r, ref)}])
+                + cue for q, r, ref in zip(questions, responses, refs)]
         fits = [i for i, s in enumerate(seqs) if len(s) < block]  # the verdict token must fit too
         out = [None] * len(seqs)
         for i, p in zip(fits, p_yes([seqs[i] for i in fits])):
@@ -131,7 +145,8 @@ def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
     golds = [r.get("metadata", {}).get("gold") for r, _ in groups]
     gold_of = lambda g, i, j: preference_world.gold_prefers(golds[g], groups[g][1][i], groups[g][1][j]) if golds[g] else 0
     if cfg.labels == "ai":
-        judge = judge or model_judge(judge_model if judge_model is not None else policy, tok)
+        judge = judge or model_judge(judge_model if judge_model is not None else policy, tok,
+                                     reference=cfg.judge_reference)
         p = judge_preference(judge, load_constitution(cfg.constitution), [groups[g][0]["prompt"][-1]["content"] for g, _, _ in compared],
                              [groups[g][1][i] for g, i, _ in compared], [groups[g][1][j] for g, _, j in compared]).tolist()
     else:

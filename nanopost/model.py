@@ -255,17 +255,32 @@ def load_hf_gpt2(path):
 
 class ScalarModel(nn.Module):
     """A GPT body with a scalar head: one number per position (B, T). The PPO critic (§9, a
-    value V(prefix) per token) and the reward model (§7, read at the last real token)."""
+    value V(prefix) per token) and the reward model (§7, read at the last real token).
 
-    def __init__(self, gpt):
+    logp_weight w > 0 (reward models, train_rm.py --reward_logp w): the score also carries w · the
+    body's own log-likelihood of the response so far,
+        score_t = head(h_t) + w · Σ_{s <= t, s in the response} log π(x_s | x_<s),
+    so the reward can use what the language model knows (whether the answer is the one it would
+    give) instead of having to learn that check into the head."""
+
+    def __init__(self, gpt, logp_weight=0.0):
         super().__init__()
         self.gpt = gpt
         self.head = nn.Linear(gpt.config.n_embd, 1)
         nn.init.zeros_(self.head.weight)  # starts at 0 everywhere: no prior on the scale of returns
         nn.init.zeros_(self.head.bias)
+        self.logp_weight = logp_weight
 
-    def forward(self, idx, pos=None, attn_mask=None):
-        return self.head(self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)).squeeze(-1)  # (B, T)
+    def forward(self, idx, pos=None, attn_mask=None, response_mask=None):
+        """response_mask (B, T), 1 on response tokens: needed when logp_weight is set."""
+        h = self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)  # (B, T, C)
+        scores = self.head(h).squeeze(-1)  # (B, T)
+        if not self.logp_weight:
+            return scores
+        assert response_mask is not None, "a reward model with logp_weight needs the response_mask"
+        logprobs = F.log_softmax(self.gpt.lm_head(h[:, :-1]).float(), dim=-1)  # (B, T-1, V)
+        token_logp = logprobs.gather(-1, idx[:, 1:, None]).squeeze(-1) * response_mask[:, 1:]  # (B, T-1)
+        return scores + self.logp_weight * F.pad(token_logp.cumsum(1), (1, 0))  # position 0 is never a response
 
 
 def document_mask(doc_ids):

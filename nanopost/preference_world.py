@@ -238,10 +238,14 @@ PRINCIPLES = {"direct": "Prefer the response that answers the question instead o
 CONSTITUTION = "".join(f"{GOLD_WEIGHTS[k]} | {text}\n" for k, text in PRINCIPLES.items())
 
 
-def judge_prompt(principle, question, response):
+def judge_prompt(principle, question, response, reference=None):
     """The judging format the built-in judge is taught (SFT) and asked in (RLAIF): one response,
-    one principle. A pairwise judgement is made of two of these (judge.model_judge)."""
-    return f"Principle: {principle}\nQuestion: {question}\nResponse: {response}\nDoes the response follow the principle?"
+    one principle, and optionally a reference answer (reference-guided judging, as MT-Bench's judge
+    grades maths against a reference: checking an answer against one is easier than recalling the
+    fact). A pairwise judgement is made of two of these (judge.model_judge)."""
+    shown = "" if reference is None else f"Reference: {reference}\n"
+    return (f"Principle: {principle}\nQuestion: {question}\n{shown}Response: {response}\n"
+            f"Does the response follow the principle?")
 
 
 def judge_verdict(follows):
@@ -249,10 +253,13 @@ def judge_verdict(follows):
     return f"Verdict: {'yes' if follows else 'no'}"
 
 
-def judge_records(n, seed=0, split="train"):
+def judge_records(n, seed=0, split="train", reference_share=0.5):
     """SFT conversations that teach judging: a response to a training question, one principle,
     and that principle's ground-truth verdict. Half the responses carry the principle's defect
-    (others at random), so every verdict is yes half the time and the judge must read the response."""
+    (others at random), so every verdict is yes half the time and the judge must read the response.
+    A share reference_share also shows the question's reference answer (a training label, like SFT's
+    answers), so the judge learns to check a response against a reference; at judging time the
+    reference is the judge's own answer (judge.model_judge(reference=True)), never the ground truth."""
     rng = random.Random(f"{seed}|judge|{split}")
     records = []
     while len(records) < n:
@@ -263,7 +270,9 @@ def judge_records(n, seed=0, split="train"):
         name = rng.choice(names)
         others = {d for d in ("correct", "format", "concise") if d != name and rng.random() < 0.25}
         response = _with_defects(q, rng, others | ({name} if rng.random() < 0.5 else set()))
-        records.append({"messages": [{"role": "user", "content": judge_prompt(PRINCIPLES[name], q.prompt, response)},
+        reference = q.reference if rng.random() < reference_share else None
+        records.append({"messages": [{"role": "user", "content": judge_prompt(PRINCIPLES[name], q.prompt, response,
+                                                                              reference)},
                                      {"role": "assistant",
                                       "content": judge_verdict(gold_checks(q.gold, response)[name])}],
                         "family": "judge"})

@@ -138,10 +138,12 @@ def sequence_logprobs(model, batch, average=False):
     return total / mask.sum(1).clamp(min=1) if average else total
 
 
-def last_token_rewards(reward_model, idx, lengths):
+def last_token_rewards(reward_model, idx, lengths, response_mask=None):
     """The reward model's scalar at the last real token of each right-padded row (§7), (B,):
-    padding after it is never seen (causal attention), so the amount of padding does not matter."""
-    scores = reward_model(idx)                                      # (B, T)
+    padding after it is never seen (causal attention), so the amount of padding does not matter.
+    response_mask (B, T), 1 on response tokens, is passed on to a reward model that adds its body's
+    log-likelihood of the response (ScalarModel's logp_weight)."""
+    scores = reward_model(idx) if response_mask is None else reward_model(idx, response_mask=response_mask)  # (B, T)
     return scores[torch.arange(idx.size(0), device=idx.device), lengths - 1]
 
 
@@ -170,7 +172,7 @@ def train_pairs(model, optimizer, pairs, loss_fn, cfg, log, start_step=0, save=N
         t0 = time.time()
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may train faster (train_rm.py --head_lr)
         chosen = batch_indices(len(pairs), cfg.batch_size, step, cfg.seed)
         mine = dist.shard(chosen)
         totals, loss_value = {}, 0.0
@@ -231,6 +233,8 @@ class PreferenceConfig(RunConfig):
     label_temperature: float = flag(1.0, "--labels ai|gold: sampling temperature of the pairs", "preferences")
     judge: str = flag("", "--labels ai: the judge's checkpoint (default: the SFT model)", "preferences")
     constitution: str = flag("", "--labels ai: the constitution file (default: the built-in one)", "preferences")
+    judge_reference: bool = flag(False, "--labels ai: reference-guided judging: the judge first answers each question "
+                                        "itself and checks the responses against its own answer", "preferences")
     min_confidence: float = flag(0.75, "--labels ai: keep pairs the judge prefers with at least this probability",
                                  "preferences")
 
@@ -279,7 +283,7 @@ def load_scalar_model(path, stage, device="cpu"):
         kind = {"rm": "reward-model", "prm": "process-reward-model"}[stage]
         raise ValueError(f"{path} is not a {kind} checkpoint (stage {state['meta'].get('stage')!r}); "
                          f"train one with train_rm.py{' --kind prm' if stage == 'prm' else ''}")
-    model = ScalarModel(state["model"]).to(device)
+    model = ScalarModel(state["model"], extra.get("logp_weight", 0.0)).to(device)
     model.head.load_state_dict(extra["head"])
     return model.eval().requires_grad_(False), state["tok"], extra
 

@@ -48,12 +48,16 @@ def reward_model_scorer(path, device):
 
     @torch.no_grad()
     def score(texts, rows):
-        seqs = [(render_prompt(tok, r["prompt"]) + tok.encode(t) + [tok.end_id])[:block] for r, t in zip(rows, texts)]
+        prompts = [render_prompt(tok, r["prompt"]) for r in rows]
+        seqs = [(p + tok.encode(t) + [tok.end_id])[:block] for p, t in zip(prompts, texts)]
         idx = torch.full((len(seqs), max(map(len, seqs))), tok.pad_id, dtype=torch.long)
-        for b, seq in enumerate(seqs):
+        response_mask = torch.zeros(idx.shape)  # 1 on the completion and its <|end|>
+        for b, (seq, p) in enumerate(zip(seqs, prompts)):
             idx[b, :len(seq)] = torch.tensor(seq)
+            response_mask[b, len(p):len(seq)] = 1
         lengths = torch.tensor([len(s) for s in seqs], device=device)
-        scores = last_token_rewards(rm, idx.to(device), lengths).float()
+        scores = last_token_rewards(rm, idx.to(device), lengths,
+                                    response_mask.to(device) if rm.logp_weight else None).float()
         return [{"reward_model": s} for s in ((scores - stats["reward_mean"]) / stats["reward_std"]).tolist()]
 
     return score

@@ -46,6 +46,36 @@ def test_reward_model_run(rm):
     assert math.isfinite(stats["reward_mean"]) and stats["reward_std"] > 0
 
 
+def test_reward_model_with_logp_trains_saves_and_scores_rlhf(sft, tmp_path):
+    """--reward_logp w: the first loss is the mean of -log σ(w (log π(y_c|x) - log π(y_r|x))) under the
+    initial model (zero head), the checkpoint keeps w, and the RLHF scorer (which must pass the
+    completion's mask) reads the same reward as the model."""
+    import torch
+    from nanopost.preferences import batch_indices, load_preferences, pair_batch, sequence_logprobs
+    from nanopost.rewards import reward_model_scorer
+    from nanopost.tokenizer import render_prompt
+    train_rm.main(["--init", sft, "--out", str(tmp_path), "--reward_logp", "0.5", "--head_lr", "1e-3"] + SMALL_PAIRS)
+    state = load_checkpoint(sft, "cpu")
+    pairs, _ = load_preferences(str(tmp_path / "prefs.jsonl"), state["tok"], state["model"].config.block_size)
+    with torch.no_grad():
+        logp = sequence_logprobs(state["model"].eval(), pair_batch([pairs[i] for i in batch_indices(len(pairs), 4, 0, 0)],
+                                                                  state["tok"].pad_id)).double()  # (8,)
+    expected = torch.nn.functional.softplus(-0.5 * (logp[:4] - logp[4:])).mean().item()
+    assert read_metrics(str(tmp_path))[0]["loss"] == pytest.approx(expected, rel=1e-4)
+    model, tok, stats = load_reward_model(str(tmp_path / "ckpt"))
+    assert model.logp_weight == 0.5
+    row = {"prompt": [{"role": "user", "content": "What is the capital of France?"}]}
+    text = "The capital of France is Paris."
+    prompt = render_prompt(tok, row["prompt"])
+    ids = torch.tensor([prompt + tok.encode(text) + [tok.end_id]])
+    mask = torch.zeros(ids.shape)
+    mask[0, len(prompt):] = 1
+    with torch.no_grad():
+        r = model(ids, response_mask=mask)[0, -1].item()
+    scored = reward_model_scorer(str(tmp_path / "ckpt"), "cpu")([text], [row])[0]["reward_model"]
+    assert scored * stats["reward_std"] + stats["reward_mean"] == pytest.approx(r, abs=1e-3)  # (r - mean) / std
+
+
 def test_reward_model_kind_weights_select_the_training_mix(sft, tmp_path):
     summary = train_rm.main(["--init", sft, "--out", str(tmp_path), "--kind_weights", "correct=2,*=0"] + SMALL_PAIRS)
     n_correct = sum(r["metadata"]["kind"] == "correct" for _, r in read_jsonl(os.path.join(tmp_path, "prefs.jsonl")))

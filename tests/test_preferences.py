@@ -350,6 +350,24 @@ def test_last_token_rewards_ignore_padding(tok, model):
         assert abs(shorter - rm(torch.tensor([ids[:-1]]))[0, -1].item()) < 1e-5
 
 
+def test_reward_with_logp_adds_the_bodys_log_likelihood_of_the_response(tok, model):
+    """ScalarModel(logp_weight=w): the reward at the last real token is head(h) + w · log π(response |
+    prompt), π the body's own LM head (the float64-checked sequence_logprobs of the same rows)."""
+    pairs = [Pair(render_prompt(tok, user("Capital of Peru?")), tok.encode("Lima.") + [tok.end_id],
+                  tok.encode("Quito, I think.") + [tok.end_id])]
+    batch = pair_batch(pairs, tok.pad_id)
+    plain, rm = ScalarModel(model), ScalarModel(model, logp_weight=0.7)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        plain.head.weight.copy_(torch.randn_like(plain.head.weight))
+        rm.head.load_state_dict(plain.head.state_dict())
+        head = last_token_rewards(plain, batch["idx"], batch["lengths"])                     # (2,)
+        r = last_token_rewards(rm, batch["idx"], batch["lengths"], batch["response_mask"])
+        logp = sequence_logprobs(model, batch)                                               # (2,)
+    torch.testing.assert_close(r, head + 0.7 * logp, atol=1e-4, rtol=0)
+    assert (logp[0] - logp[1]).abs() > 0.1                                                   # the rows differ
+
+
 def test_batch_indices_epochs_cover_everything_once():
     n, bs = 10, 4
     stream = [i for s in range(15) for i in batch_indices(n, bs, s, seed=3)]  # 60 indices = 6 epochs
@@ -494,6 +512,29 @@ def test_model_judge_never_runs_past_the_context(tok):
         assert len(p) == 1 and 0.0 <= p[0] <= 1.0 and (p[0] != 0.5) == opinion
 
 
+def test_reference_guided_judge_shows_its_own_answer(tok, model):
+    """model_judge(reference=True) answers each question itself (greedy, once per question) and
+    judges with that answer as the reference: the same P(yes) as the plain judge asked with it."""
+    from nanopost.evaluate import chat_complete
+    questions, responses = ["Capital of Peru?", "Hi?", "Capital of Peru?"], ["Lima.", "Yes.", "Quito."]
+    own = chat_complete(model, tok, [user(q) for q in questions], 32)
+    guided = model_judge(model, tok, reference=True).verdicts(questions, responses, "Be brief.")
+    yes, no = tok.encode(" yes")[0], tok.encode(" no")[0]
+    compared = 0
+    for q, r, ref, p in zip(questions, responses, own, guided):
+        ids = render_prompt(tok, user(preference_world.judge_prompt("Be brief.", q, r, ref))) + tok.encode("Verdict:")
+        if len(ids) >= BLOCK:                                              # a random model's answer may be long
+            assert p is None
+            continue
+        compared += 1
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0, -1]
+        assert abs(p - torch.softmax(logits[[yes, no]], dim=0)[0].item()) < 1e-5
+    assert compared > 0
+    assert "\nReference: Lima.\n" in preference_world.judge_prompt("p", "q", "r", "Lima.")
+    assert "Reference" not in preference_world.judge_prompt("p", "q", "r")
+
+
 def test_judge_records_teach_both_verdicts_under_every_principle():
     records = preference_world.judge_records(400, seed=3)
     by_principle = {}
@@ -506,6 +547,8 @@ def test_judge_records_teach_both_verdicts_under_every_principle():
         assert 0.25 < share < 0.75, share
     held_out = preference_world.judge_records(50, seed=3, split="eval")
     assert not {r["messages"][0]["content"] for r in held_out} & {r["messages"][0]["content"] for r in records}
+    shown = sum("\nReference: " in r["messages"][0]["content"] for r in records) / len(records)
+    assert 0.4 < shown < 0.6                                               # both formats, with and without a reference
 
 
 # ----------------------------------------------------------------------------- the world's ground truth
