@@ -270,7 +270,8 @@ def judge_records(n, seed=0, split="train", reference_share=0.5):
         name = rng.choice(names)
         others = {d for d in ("correct", "format", "concise") if d != name and rng.random() < 0.25}
         response = _with_defects(q, rng, others | ({name} if rng.random() < 0.5 else set()))
-        reference = q.reference if rng.random() < reference_share else None
+        # (no draw at share 0: those records are the ones made before references existed)
+        reference = q.reference if reference_share and rng.random() < reference_share else None
         records.append({"messages": [{"role": "user", "content": judge_prompt(PRINCIPLES[name], q.prompt, response,
                                                                               reference)},
                                      {"role": "assistant",
