@@ -44,14 +44,17 @@ class RMConfig(PreferenceConfig):
     grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
     center_rewards_coefficient: float = flag(0.0, "weight of (r_c + r_r)² (keeps rewards centred)", "optimisation")
     use_margin: bool = flag(True, "subtract each record's 'margin' inside the loss", "optimisation")
-    lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses, trained alongside (keeps "
-                               "the body a language model, whose knowledge the reward can then use)", "optimisation")
+    lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses (--kind prm: on the lines the "
+                               "verifier labels correct), trained alongside (keeps the body a language model, whose "
+                               "knowledge the reward can then use)", "optimisation")
     kind_weights: str = flag("", "training mix by kind of pair: kind=w repeats each pair of that kind w times, 0 "
                                  "drops it, *=w for the kinds not named (e.g. correct=3; correct=1,*=0)", "preferences")
     # --kind prm: a process reward model on step-labelled chains (nanopost/prm.py, §6)
     kind: str = flag("bt", "bt: Bradley-Terry on preference pairs | prm: process reward model on step-labelled "
                            "chains (--data: process.py's JSONL; --n_pairs built-in chains; default --out runs/prm)", "prm")
-    wrong_step_rate: float = flag(0.5, "--kind prm, built-in chains: share with one injected wrong line", "prm")
+    wrong_step_rate: float = flag(0.5, "--kind prm, built-in chains: share with one injected wrong line (keep it below "
+                                       "1: with no clean chain, 'the earlier lines are right, so this one is wrong' "
+                                       "is a rule the PRM can learn instead of checking the line)", "prm")
     prm_aggregate: str = flag("min", "--kind prm: step scores -> response reward: min | product | last", "prm")
 
 

@@ -212,8 +212,12 @@ class ScalarModel(nn.Module):
         nn.init.zeros_(self.head.weight)  # starts at 0 everywhere: no prior on the scale of returns
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, idx, pos=None, attn_mask=None):
-        return self.head(self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)).squeeze(-1)  # (B, T)
+    def forward(self, idx, pos=None, attn_mask=None, return_logits=False):
+        """Scalars (B, T); with return_logits=True also the body's next-token logits (B, T, V) from
+        the same pass (an auxiliary language-model loss, as train_rm.py --lm_coef)."""
+        hidden = self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)  # (B, T, C)
+        scores = self.head(hidden).squeeze(-1)                                     # (B, T)
+        return (scores, self.gpt.lm_head(hidden)) if return_logits else scores
 
 
 def document_mask(doc_ids):

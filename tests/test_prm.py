@@ -147,6 +147,22 @@ def test_head_reads_each_step_end_whatever_the_padding(tok):
     assert batch["labels"].tolist() == [1, 1, 1, 0] and batch["owner"].tolist() == [0, 1, 1, 1]
 
 
+def test_lm_targets_are_the_correct_lines_with_their_end_tokens(tok):
+    prompt = [{"role": "user", "content": STEPS}]
+    a = (*prm.encode_chain(tok, prompt, ["4 * 5 = 21", "3 + 21 = 24", "Answer: 24"]), [0, 1, 1])
+    b = (*prm.encode_chain(tok, prompt, ["4 * 5 = 20", "3 + 20 = 22", "Answer: 23"]), [1, 0, 0])
+    batch = prm.chain_batch([a, b], tok.pad_id)
+    starts = [ids.index(tok.assistant_id) for ids, _, _ in (a, b)]
+    mask = prm.correct_line_mask(batch, starts)
+    picked = lambda row: tok.decode(batch["idx"][row][mask[row]].tolist())
+    assert picked(0) == "3 + 21 = 24\nAnswer: 24<|end|>"   # the wrong first line is not taught
+    assert picked(1) == "4 * 5 = 20\n"                     # nor the lines after it, nor the padding
+    model = ScalarModel(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)))
+    scores, logits = model(batch["idx"], return_logits=True)  # one pass gives the head and the body's logits
+    torch.testing.assert_close(scores, model(batch["idx"]))
+    torch.testing.assert_close(logits, model.gpt(batch["idx"]))
+
+
 def test_prm_loss_is_the_per_chain_mean_of_step_log_losses():
     logits = torch.tensor([0.0, 2.0, -1.0, 0.5], dtype=torch.float64)
     labels = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
