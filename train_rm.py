@@ -55,6 +55,9 @@ class RMConfig(PreferenceConfig):
     wrong_step_rate: float = flag(0.5, "--kind prm, built-in chains: share with one injected wrong line (keep it below "
                                        "1: with no clean chain, 'the earlier lines are right, so this one is wrong' "
                                        "is a rule the PRM can learn instead of checking the line)", "prm")
+    operand_error_rate: float = flag(0.0, "--kind prm, built-in chains: share of the injected wrong lines that change an "
+                                          "operand (right arithmetic on numbers the problem lacks) instead of the result",
+                                     "prm")
     prm_aggregate: str = flag("min", "--kind prm: step scores -> response reward: min | product | last", "prm")
 
 

@@ -184,11 +184,13 @@ def train(cfg):
     # data: the user's step-labelled JSONL or built-in chains (written out so they can be read)
     path = cfg.data or os.path.join(out, "chains.jsonl")
     if not cfg.data:
-        write_jsonl(path, process.chain_records(cfg.n_pairs, "train", cfg.seed, cfg.wrong_step_rate))
+        write_jsonl(path, process.chain_records(cfg.n_pairs, "train", cfg.seed, cfg.wrong_step_rate,
+                                                         operand_error_rate=cfg.operand_error_rate))
     train_chains, report = load_chains(path, tok, max_len, cfg.skip_bad)
     eval_path = cfg.eval_data or os.path.join(out, "chains_eval.jsonl")
     if not cfg.eval_data:
-        write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate))
+        write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate,
+                                                              operand_error_rate=cfg.operand_error_rate))
     held_out, _ = load_chains(eval_path, tok, max_len)
     labels = [y for _, _, ys in train_chains for y in ys]
     log.info(f"{len(train_chains)} training chains ({labels.count(0)} wrong of {len(labels)} steps), "
