@@ -4,7 +4,7 @@ step (the newline that ends a step line, and the <|end|> after the last line), t
 per-step logistic loss on the verifier's labels (nanopost/process.py). Its step scores aggregate
 to a response reward (min, product or last), used as an RL reward and for best-of-N reranking.
 
-    python train_rm.py --kind prm --out runs/prm          # train it (built-in chains, or --data chains.jsonl)
+    python train_rm.py --kind prm --lm_coef 1 --out runs/prm   # train it (built-in chains, or --data chains.jsonl)
     python -m nanopost.prm rerank --prm runs/prm/ckpt --n 8   # best-of-N: PRM vs outcome-only vs random
     python train_rl.py --algo grpo --reward prm:runs/prm/ckpt --out runs/rl_prm   # as the RL reward
 
