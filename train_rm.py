@@ -53,8 +53,9 @@ class RMConfig(PreferenceConfig):
     grad_clip: float = flag(1.0, "gradient-norm clip", "optimisation")
     center_rewards_coefficient: float = flag(0.0, "weight of (r_c + r_r)² (keeps rewards centred)", "optimisation")
     use_margin: bool = flag(True, "subtract each record's 'margin' inside the loss", "optimisation")
-    lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses, trained alongside (keeps "
-                               "the body a language model, whose knowledge the reward can then use)", "optimisation")
+    lm_coef: float = flag(0.0, "weight of the next-token loss on the chosen responses (--kind prm: on the lines the "
+                               "verifier labels correct), trained alongside (keeps the body a language model, whose "
+                               "knowledge the reward can then use)", "optimisation")
     reward_logp: float = flag(0.0, "w: add w · log π(response | prompt), the body's own log-likelihood of the "
                                    "response, to the head's score (the reward can then use what the language model "
                                    "knows; model.ScalarModel); 0: off", "reward head")
@@ -64,7 +65,12 @@ class RMConfig(PreferenceConfig):
     # --kind prm: a process reward model on step-labelled chains (nanopost/prm.py, §6)
     kind: str = flag("bt", "bt: Bradley-Terry on preference pairs | prm: process reward model on step-labelled "
                            "chains (--data: process.py's JSONL; --n_pairs built-in chains; default --out runs/prm)", "prm")
-    wrong_step_rate: float = flag(0.5, "--kind prm, built-in chains: share with one injected wrong line", "prm")
+    wrong_step_rate: float = flag(0.5, "--kind prm, built-in chains: share with one injected wrong line (keep it below "
+                                       "1: with no clean chain, 'the earlier lines are right, so this one is wrong' "
+                                       "is a rule the PRM can learn instead of checking the line)", "prm")
+    operand_error_rate: float = flag(0.0, "--kind prm, built-in chains: share of the injected wrong lines that change an "
+                                          "operand (right arithmetic on numbers the problem lacks) instead of the result",
+                                     "prm")
     prm_aggregate: str = flag("min", "--kind prm: step scores -> response reward: min | product | last", "prm")
 
 

@@ -271,16 +271,19 @@ class ScalarModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.logp_weight = logp_weight
 
-    def forward(self, idx, pos=None, attn_mask=None, response_mask=None):
-        """response_mask (B, T), 1 on response tokens: needed when logp_weight is set."""
-        h = self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)  # (B, T, C)
-        scores = self.head(h).squeeze(-1)  # (B, T)
-        if not self.logp_weight:
-            return scores
-        assert response_mask is not None, "a reward model with logp_weight needs the response_mask"
-        logprobs = F.log_softmax(self.gpt.lm_head(h[:, :-1]).float(), dim=-1)  # (B, T-1, V)
-        token_logp = logprobs.gather(-1, idx[:, 1:, None]).squeeze(-1) * response_mask[:, 1:]  # (B, T-1)
-        return scores + self.logp_weight * F.pad(token_logp.cumsum(1), (1, 0))  # position 0 is never a response
+    def forward(self, idx, pos=None, attn_mask=None, response_mask=None, return_logits=False):
+        """Scalars (B, T). response_mask (B, T), 1 on response tokens: needed when logp_weight is set.
+        return_logits=True also returns the body's next-token logits (B, T, V) from the same pass
+        (an auxiliary language-model loss, as train_rm.py --lm_coef)."""
+        hidden = self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)  # (B, T, C)
+        scores = self.head(hidden).squeeze(-1)                                     # (B, T)
+        logits = self.gpt.lm_head(hidden) if return_logits or self.logp_weight else None  # (B, T, V)
+        if self.logp_weight:
+            assert response_mask is not None, "a reward model with logp_weight needs the response_mask"
+            logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+            token_logp = logprobs.gather(-1, idx[:, 1:, None]).squeeze(-1) * response_mask[:, 1:]  # (B, T-1)
+            scores = scores + self.logp_weight * F.pad(token_logp.cumsum(1), (1, 0))  # position 0 is never a response
+        return (scores, logits) if return_logits else scores
 
 
 def document_mask(doc_ids):

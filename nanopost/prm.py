@@ -4,13 +4,16 @@ step (the newline that ends a step line, and the <|end|> after the last line), t
 per-step logistic loss on the verifier's labels (nanopost/process.py). Its step scores aggregate
 to a response reward (min, product or last), used as an RL reward and for best-of-N reranking.
 
-    python train_rm.py --kind prm --out runs/prm          # train it (built-in chains, or --data chains.jsonl)
+    python train_rm.py --kind prm --lm_coef 1 --out runs/prm   # train it (built-in chains, or --data chains.jsonl)
     python -m nanopost.prm rerank --prm runs/prm/ckpt --n 8   # best-of-N: PRM vs outcome-only vs random
     python train_rl.py --algo grpo --reward prm:runs/prm/ckpt --out runs/rl_prm   # as the RL reward
 
 Loss per step s of a chain with label y_s ∈ {0, 1} and head output z_s:
     ℓ_s = -[y_s log σ(z_s) + (1 - y_s) log(1 - σ(z_s))]
 averaged over the chain's steps, then over chains. The score of step s is σ(z_s) = P(step correct).
+With --lm_coef c the loss adds c × the next-token loss on the lines labelled correct (one pass
+through the body gives both): the label of `4 * 5 = 21` says only "wrong", while predicting the
+tokens of `4 * 5 = 20` teaches the arithmetic the verdict needs, which this small body lacks.
 A response is encoded line by line (each line's tokens, then the newline's), so the step ends are
 known exactly and training and scoring tokenise a text the same way.
 """
@@ -30,6 +33,7 @@ from nanopost.common import RunLog, pick_device, rng_state, set_rng_state, set_s
 from nanopost.data import load_records, read_jsonl, write_jsonl
 from nanopost.evaluate import chat_complete
 from nanopost.graders import grade_many
+from nanopost.losses import token_logprobs
 from nanopost.model import ScalarModel
 from nanopost.nexttoken import NonFiniteLoss
 from nanopost.preferences import load_scalar_model, train_pairs
@@ -78,6 +82,19 @@ def step_logits(prm, batch):
     token and causal attention never looks right, so padding cannot change a score."""
     scores = prm(batch["idx"])                                      # (B, L)
     return scores[batch["rows"], batch["cols"]].float()
+
+
+def correct_line_mask(batch, start):
+    """(B, L) bool: the tokens of every line the verifier labels correct, its end token included;
+    start[b] is the index of chain b's <|assistant|> token (its first line begins after it). The
+    targets of the auxiliary next-token loss (--lm_coef): only correct steps are taught."""
+    mask = torch.zeros_like(batch["idx"], dtype=torch.bool)
+    prev = list(start)
+    for b, end, y in zip(batch["rows"].tolist(), batch["cols"].tolist(), batch["labels"].tolist()):
+        if y == 1:
+            mask[b, prev[b] + 1:end + 1] = True
+        prev[b] = end
+    return mask
 
 
 def prm_loss(logits, labels, owner, n_chains):
@@ -167,11 +184,13 @@ def train(cfg):
     # data: the user's step-labelled JSONL or built-in chains (written out so they can be read)
     path = cfg.data or os.path.join(out, "chains.jsonl")
     if not cfg.data:
-        write_jsonl(path, process.chain_records(cfg.n_pairs, "train", cfg.seed, cfg.wrong_step_rate))
+        write_jsonl(path, process.chain_records(cfg.n_pairs, "train", cfg.seed, cfg.wrong_step_rate,
+                                                         operand_error_rate=cfg.operand_error_rate))
     train_chains, report = load_chains(path, tok, max_len, cfg.skip_bad)
     eval_path = cfg.eval_data or os.path.join(out, "chains_eval.jsonl")
     if not cfg.eval_data:
-        write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate))
+        write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate,
+                                                              operand_error_rate=cfg.operand_error_rate))
     held_out, _ = load_chains(eval_path, tok, max_len)
     labels = [y for _, _, ys in train_chains for y in ys]
     log.info(f"{len(train_chains)} training chains ({labels.count(0)} wrong of {len(labels)} steps), "
@@ -185,13 +204,26 @@ def train(cfg):
         set_rng_state(state["rng"])
 
     def loss_fn(model, indices, n_total):  # model: prm, or its DDP wrapper under torchrun
-        batch = chain_batch([train_chains[i] for i in indices], tok.pad_id, device)
-        logits = step_logits(model, batch)                           # (S,)
+        chains = [train_chains[i] for i in indices]
+        batch = chain_batch(chains, tok.pad_id, device)
+        if cfg.lm_coef > 0:
+            scores, lm_logits = model(batch["idx"], return_logits=True)  # (B, L), (B, L, V)
+            logits = scores[batch["rows"], batch["cols"]].float()        # (S,), as step_logits
+        else:
+            logits = step_logits(model, batch)                           # (S,)
         losses = prm_loss(logits, batch["labels"], batch["owner"], len(indices))
         step_hits = ((logits > 0).float() == batch["labels"]).float()
         per_chain = torch.zeros(len(indices), device=device).index_add(0, batch["owner"], step_hits)
         counts = torch.bincount(batch["owner"], minlength=len(indices)).float()
-        return losses.sum() / n_total, {"step_accuracy": (per_chain / counts).sum()}
+        sums = {"step_accuracy": (per_chain / counts).sum()}
+        if cfg.lm_coef > 0:  # + lm_coef · next-token NLL of the correct lines (a chain with none adds 0)
+            starts = [len(ids) - 1 - ids[::-1].index(tok.assistant_id) for ids, _, _ in chains]
+            mask = correct_line_mask(batch, starts)[:, 1:].float()           # (B, L-1): targets
+            nll = -token_logprobs(lm_logits[:, :-1].float(), batch["idx"][:, 1:]) * mask
+            nll = nll.sum(1) / mask.sum(1).clamp(min=1)                        # (B,) mean per chain
+            losses = losses + cfg.lm_coef * nll
+            sums["nll_correct_lines"] = nll.sum()
+        return losses.sum() / n_total, sums
 
     def save(step):
         save_checkpoint(ckpt_path, prm.gpt, tok, step, dataclasses.asdict(cfg), "prm", optimizer, rng_state(),

@@ -163,24 +163,30 @@ def factor(root):
     return f"x - {root}" if root >= 0 else f"x + {-root}"
 
 
-def write_chain(problem, wrong_line=None, k=0, propagate=True):
+def write_chain(problem, wrong_line=None, k=0, propagate=True, operand=False):
     """The worked answer of a problem, one step a line then 'Answer: …'. With wrong_line = i,
-    line i's result is off by k; propagate=True makes later lines build on the wrong value,
-    propagate=False makes them use the true one (as if the error were silently repaired)."""
+    line i's result is off by k; operand=True instead puts k on the line's first operand (steps)
+    or its factor (roots) and states the exact result of that altered line: right arithmetic on
+    numbers the problem does not have (the answer line, having no operand, is off by k). propagate=True
+    makes later lines build on the wrong value, propagate=False makes them use the true one (as if
+    the error were silently repaired)."""
     kind, spec = problem
     lines = []
     if kind == "steps":
         stated = spec  # the expression as the chain has rewritten it so far
         while not isinstance(stated, int):
-            node = reducible(stated)
-            value = evaluate(node) + (k if len(lines) == wrong_line else 0)
-            lines.append(f"{render(node)} = {value}")
+            node = shown = reducible(stated)
+            if len(lines) == wrong_line and operand:
+                shown = (node[0], node[1] + k if node[1] + k >= 0 else node[1] - k, node[2])
+            value = evaluate(shown) + (k if len(lines) == wrong_line and not operand else 0)
+            lines.append(f"{render(shown)} = {value}")
             stated = replace_subtree(stated, node, value if propagate else evaluate(node))
         return lines + [f"Answer: {stated + (k if len(lines) == wrong_line else 0)}"]
     stated_roots = []
     for root in spec:
-        value = root + (k if len(lines) == wrong_line else 0)
-        lines.append(f"{factor(root)} = 0, so x = {value}")
+        shown = root + (k if len(lines) == wrong_line and operand else 0)
+        value = shown + (k if len(lines) == wrong_line and not operand else 0)
+        lines.append(f"{factor(shown)} = 0, so x = {value}")
         stated_roots.append(value if propagate else root)
     answer = ", ".join(map(str, sorted(stated_roots)))
     if len(lines) == wrong_line:  # the answer line itself: one root off by k
@@ -234,10 +240,12 @@ def label_steps(prompt, response):
 # step-labelled records
 
 
-def chain_records(n, split, seed, wrong_step_rate=0.5, max_k=3, system_prob=0.3, families=FAMILIES):
+def chain_records(n, split, seed, wrong_step_rate=0.5, max_k=3, system_prob=0.3, families=FAMILIES,
+                  operand_error_rate=0.0):
     """n labelled chains of the world's step-by-step tasks in a split. A chain gets one wrong line
     (any line, the answer included) with probability wrong_step_rate: off by k, 1 <= |k| <= max_k,
-    later lines propagating the error or not (half each). Labels come from the verifier.
+    in its result or, at operand_error_rate, in its first operand (write_chain), later lines
+    propagating the error or not (half each). Labels come from the verifier.
     Held-out ('eval') chains are distinct (prompt, response) pairs, possibly fewer than n."""
     rng = random.Random(f"{seed}|chains|{split}")
     tasks = world.sample_tasks(4 * n if split == "eval" else n, split, seed, families)
@@ -251,7 +259,9 @@ def chain_records(n, split, seed, wrong_step_rate=0.5, max_k=3, system_prob=0.3,
         if rng.random() < wrong_step_rate:
             k = rng.choice([1, -1]) * rng.randint(1, max_k)
             injected = {"line": rng.randrange(n_lines), "k": k, "propagate": rng.random() < 0.5}
-            lines = write_chain(problem, injected["line"], k, injected["propagate"])
+            if operand_error_rate:  # drawn only when asked for, so the default data stay as they were
+                injected["operand"] = rng.random() < operand_error_rate
+            lines = write_chain(problem, injected["line"], k, injected["propagate"], injected.get("operand", False))
         else:
             lines = write_chain(problem)
         response = "\n".join(lines)
@@ -311,8 +321,10 @@ def main():
     p.add_argument("--split", default="train", help="train | eval (held-out items)")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--wrong_step_rate", type=float, default=0.5, help="share of chains with one injected wrong line")
+    p.add_argument("--operand_error_rate", type=float, default=0.0,
+                   help="share of the wrong lines whose operand, not result, is off (see write_chain)")
     args = p.parse_args()
-    records = chain_records(args.n, args.split, args.seed, args.wrong_step_rate)
+    records = chain_records(args.n, args.split, args.seed, args.wrong_step_rate, operand_error_rate=args.operand_error_rate)
     write_jsonl(args.out, records)
     steps = [v for r in records for v in r["labels"]]
     print(json.dumps({"out": args.out, "chains": len(records), "steps": len(steps),

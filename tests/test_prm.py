@@ -84,6 +84,22 @@ def test_injected_chains_cover_both_cases_and_match_the_verifier():
     assert process.chain_records(10, "train", seed=0, wrong_step_rate=0.0)[0]["injected"] is None
 
 
+def test_operand_errors_state_exact_arithmetic_on_numbers_the_problem_lacks():
+    problem = process.problem_of(STEPS)
+    chain = process.write_chain(problem, 1, 2, propagate=True, operand=True)
+    assert chain == ["4 * 5 = 20", "5 + 20 = 25", "Answer: 25"]        # 5 + 20 is exact, but the problem has 3
+    assert process.label_steps(STEPS, "\n".join(chain)) == [1, 0, 0]
+    chain = process.write_chain(process.problem_of(ROOTS), 0, -1, propagate=False, operand=True)
+    assert chain == ["x - 2 = 0, so x = 2", "x + 5 = 0, so x = -5", "Answer: -5, 3"]
+    assert process.label_steps(ROOTS, "\n".join(chain)) == [0, 1, 0]  # a factor the problem lacks
+    records = process.chain_records(200, "train", seed=0, wrong_step_rate=0.5, operand_error_rate=0.5)
+    operand = [r for r in records if r["injected"] and r["injected"]["operand"]]
+    assert 0.15 < len(operand) / len(records) < 0.35
+    # (a roots line can land on the problem's other factor, which is then a correct step)
+    assert all(r["labels"][r["injected"]["line"]] == 0 for r in operand if r["family"] == "steps")
+    assert process.chain_records(50, "train", 0, 0.5) == process.chain_records(50, "train", 0, 0.5, operand_error_rate=0.0)
+
+
 @pytest.mark.parametrize("how, expected", [("min", 0.2), ("product", 0.9 * 0.2 * 0.8), ("last", 0.8)])
 def test_aggregation_of_hand_made_step_scores(how, expected):
     assert process.aggregate([0.9, 0.2, 0.8], how) == pytest.approx(expected)
@@ -145,6 +161,22 @@ def test_head_reads_each_step_end_whatever_the_padding(tok):
     expected = [full[0, short[1][0]]] + [full[1, e] for e in long[1]]
     torch.testing.assert_close(together, torch.stack(expected), atol=1e-6, rtol=0)
     assert batch["labels"].tolist() == [1, 1, 1, 0] and batch["owner"].tolist() == [0, 1, 1, 1]
+
+
+def test_lm_targets_are_the_correct_lines_with_their_end_tokens(tok):
+    prompt = [{"role": "user", "content": STEPS}]
+    a = (*prm.encode_chain(tok, prompt, ["4 * 5 = 21", "3 + 21 = 24", "Answer: 24"]), [0, 1, 1])
+    b = (*prm.encode_chain(tok, prompt, ["4 * 5 = 20", "3 + 20 = 22", "Answer: 23"]), [1, 0, 0])
+    batch = prm.chain_batch([a, b], tok.pad_id)
+    starts = [ids.index(tok.assistant_id) for ids, _, _ in (a, b)]
+    mask = prm.correct_line_mask(batch, starts)
+    picked = lambda row: tok.decode(batch["idx"][row][mask[row]].tolist())
+    assert picked(0) == "3 + 21 = 24\nAnswer: 24<|end|>"   # the wrong first line is not taught
+    assert picked(1) == "4 * 5 = 20\n"                     # nor the lines after it, nor the padding
+    model = ScalarModel(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=16)))
+    scores, logits = model(batch["idx"], return_logits=True)  # one pass gives the head and the body's logits
+    torch.testing.assert_close(scores, model(batch["idx"]))
+    torch.testing.assert_close(logits, model.gpt(batch["idx"]))
 
 
 def test_prm_loss_is_the_per_chain_mean_of_step_log_losses():
