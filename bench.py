@@ -22,7 +22,7 @@ has "bench", its numbers (the median over repeats, with the per-repeat list besi
           the peak is unknown: every CPU). 3 warm-up steps, then 20 timed steps per repeat, a fresh model each repeat.
   sample  64 rendered SFT prompts x 48 new tokens, temperature 1, no stop token (all 48 forced):
           new_tokens_per_s of model.generate with the KV cache and with use_cache=False (the whole
-          sequence recomputed every step, same masks and sample_next), and the speed-up.
+          sequence recomputed every step, same sample_next), and the speed-up.
   grpo    train_rl.main in-process: --algo grpo, 8 prompts x 8 generations x 32 new tokens, beta
           0.04 (so a reference model), num_iterations 1 (one update per batch of rollouts: TRL's
           default, so the comparison is like for like; train_rl.py's own default is 2), the roots

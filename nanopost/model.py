@@ -107,14 +107,17 @@ class Dropout(nn.Module):
 
     def __init__(self, p):
         super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or self.p == 1:
             return F.dropout(x, self.p, training=True)
-        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p)))
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p  # fp32 uniforms: bf16 ones are too coarse
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
 
 
 class CausalSelfAttention(nn.Module):
@@ -148,7 +151,8 @@ class CausalSelfAttention(nn.Module):
         elif attn_mask is None:  # plain causal (with a cache: the prefill, which starts at position 0)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         elif T == 1 and kv_cache is not None:  # decoding: one query per row; two small matmuls beat
-            # SDPA's CPU kernel (which tiles for long queries) several times over
+            # SDPA's CPU kernel (which tiles for long queries) several times over, and are what SDPA's
+            # generic path computes on a GPU given this per-row mask
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, 1, T_keys)
             y = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1) @ v  # (B, H, 1, D)
         else:
@@ -375,7 +379,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     # Same distribution as torch.multinomial, one uniform per row instead of an exponential per
     # vocabulary entry (10x faster on a CPU); right=True never picks a token of probability 0
     probs = F.softmax(filtered, dim=-1)  # (B, V)
-    cdf = probs.cumsum(dim=-1)
+    cdf = probs.double().cumsum(dim=-1)  # float64: in float32 a token below ~6e-8 would get zero width
     if not bool(torch.isfinite(cdf[:, -1]).all()):
         raise ValueError("the model's logits are not finite (NaN or inf): cannot sample")
     u = torch.rand(cdf.size(0), 1, device=cdf.device, generator=generator) * cdf[:, -1:]
@@ -393,7 +397,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     positions 0..n_b-1 and its new tokens right after it, so positions need no shifting and pads
     only ever sit to the right of a row's real tokens (causal attention never sees them in the
     prefill; a per-row mask hides them while decoding): a prompt's continuation does not depend on
-    what else is in the batch. The prefill runs once per distinct prompt (a GRPO group shares its
+    what else is in the batch (up to float rounding). The prefill runs once per distinct prompt (a GRPO group shares its
     prompt), in chunks of similar length, and only the last prompt position goes through lm_head.
     A row stops after emitting any token in `stop_ids` (the stop token is kept); later slots hold
     `pad_id` with log-prob 0. Returns tokens (B, N) long, logprobs (B, N) float32, lengths (B,)
@@ -459,9 +463,10 @@ def _prefill(model, prompts, cache, max_waste=1.5):
     prompt's last token. Each distinct prompt runs once; the distinct prompts, sorted by length,
     go in chunks whose longest is at most max_waste x their shortest (little padding)."""
     device = cache.k.device
-    distinct = sorted({tuple(p) for p in prompts}, key=len)
+    keys = [tuple(map(int, p)) for p in prompts]  # ints: a tensor prompt's elements would hash by identity
+    distinct = sorted(set(keys), key=len)
     where = {p: i for i, p in enumerate(distinct)}
-    inverse = torch.tensor([where[tuple(p)] for p in prompts], device=device)  # (B,) row -> distinct prompt
+    inverse = torch.tensor([where[p] for p in keys], device=device)  # (B,) row -> distinct prompt
     U, P = len(distinct), len(distinct[-1])
     shared = KVCache(model.config, U, P, device, cache.k.dtype)
     last_hidden = torch.empty(U, model.config.n_embd, device=device, dtype=cache.k.dtype)

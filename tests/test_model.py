@@ -455,3 +455,28 @@ def test_training_attention_with_dropout_matches_sdpa_when_nothing_is_dropped():
         out_ref.square().mean().backward(), out_manual.square().mean().backward()
         for (name, a), b in zip(ref.named_parameters(), manual.parameters()):
             torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_dropout_keeps_dtype_and_handles_p_1():
+    from nanopost.model import Dropout
+    x = torch.ones(1000, dtype=torch.bfloat16)
+    assert Dropout(0.1).train()(x).dtype == torch.bfloat16
+    assert (Dropout(1.0).train()(x) == 0).all()
+    with pytest.raises(ValueError):
+        Dropout(1.5)
+
+
+def test_keep_returns_the_kept_positions_of_the_full_forward(model):
+    idx = torch.randint(0, V, (3, 9))
+    keep = torch.rand(3, 9) < 0.4
+    with torch.no_grad():
+        full = model(idx)
+        torch.testing.assert_close(model(idx, keep=keep), full[keep], atol=1e-6, rtol=0)
+        assert model(idx, keep=torch.zeros(3, 9, dtype=torch.bool)).shape == (0, V)
+
+
+def test_generate_accepts_tensor_prompts(model):
+    prompts = random_prompts()
+    tok_l, _, _, _ = generate(model, prompts, max_new_tokens=5, temperature=0)
+    tok_t, _, _, _ = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=5, temperature=0)
+    assert torch.equal(tok_l, tok_t)

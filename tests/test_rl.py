@@ -128,6 +128,34 @@ def test_sampler_logprobs_equal_training_forward(eager, rl_recs, temperature):
     assert float((other - batch.sampler_logprobs)[real].abs().max()) > 1e-2
 
 
+def test_completion_logprobs_per_row_against_full_forward():
+    """Rows with different prompt and completion lengths: completion_logprobs (only completion
+    positions reach lm_head, scattered back row by row) equals log_softmax of a plain forward of
+    each row alone, and is 0 past each row's end; entropy likewise."""
+    from nanopost.model import GPT, GPTConfig
+    from nanopost.rollout import Rollouts
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).eval()
+    prompts, completions = [[3, 4, 5, 6, 7], [8], [9, 10, 11]], [[12, 13], [14, 15, 16, 17], [18]]
+    N, L = 4, max(len(p) + len(c) for p, c in zip(prompts, completions))
+    idx = torch.zeros(3, L, dtype=torch.long)
+    completion, mask = torch.zeros(3, N, dtype=torch.long), torch.zeros(3, N)
+    for b, (p, c) in enumerate(zip(prompts, completions)):
+        idx[b, :len(p) + len(c)] = torch.tensor(p + c)
+        completion[b, :len(c)], mask[b, :len(c)] = torch.tensor(c), 1
+    batch = Rollouts(idx=idx, start=torch.tensor([len(p) for p in prompts]), completion=completion, mask=mask,
+                     sampler_logprobs=None, truncated=None, texts=None, rewards=None, graded=None, new_tokens=0,
+                     sample_s=0.0, grade_s=0.0)
+    with torch.no_grad():
+        lp, entropy = completion_logprobs(model, batch, temperature=0.8, with_entropy=True)
+        for b, (p, c) in enumerate(zip(prompts, completions)):
+            logp = torch.log_softmax(model(torch.tensor([p + c]))[0] / 0.8, dim=-1)  # (T, V)
+            rows = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+            torch.testing.assert_close(lp[b, :len(c)], logp[rows, torch.tensor(c)], atol=1e-5, rtol=0)
+            torch.testing.assert_close(entropy[b, :len(c)], -(logp[rows].exp() * logp[rows]).sum(-1), atol=1e-5, rtol=0)
+            assert (lp[b, len(c):] == 0).all() and (entropy[b, len(c):] == 0).all()
+
+
 def test_rollout_layout(eager, rl_recs):
     model, tok = eager
     records, suites = rl_recs
