@@ -420,7 +420,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_id
     L = P + max_new_tokens
     idx = torch.full((B, L), pad_id, dtype=torch.long, device=device)
     for b, p in enumerate(prompts):
-        idx[b, :len(p)] = torch.tensor(p, dtype=torch.long, device=device)
+        idx[b, :len(p)] = torch.as_tensor(p, dtype=torch.long, device=device)
     prompt_len = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
     rows = torch.arange(B, device=device)
 
