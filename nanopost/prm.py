@@ -282,7 +282,8 @@ def best_of_n(responses, scores, outcomes, steps_ok, n):
 def rerank(argv=None):
     p = argparse.ArgumentParser(prog="python -m nanopost.prm rerank",
                                 description="Best-of-N on held-out step-by-step prompts: the share of picked responses "
-                                            "whose every step is correct, picking by PRM score, by outcome reward "
+                                            "whose every step is correct, final answer included (a complete, correct chain), "
+                                            "picking by PRM score, by outcome reward "
                                             "(math_grader on the final answer) or at random.")
     p.add_argument("--prm", required=True, help="process reward model checkpoint (train_rm.py --kind prm)")
     p.add_argument("--policy", default="", help="the model that samples (default: the cached SFT model)")
@@ -310,7 +311,9 @@ def rerank(argv=None):
     scores = [process.aggregate(s, how) for s in step_scores(prm, tok, [r["prompt"] for r in rows], responses, device)]
     outcomes = [g.get("math_grader", 0.0) for g in grade_many(responses, [r["metadata"] for r in rows])]
     labels = [process.label_steps(r["prompt"][-1]["content"], text) for r, text in zip(rows, responses)]
-    steps_ok = [float(all(y)) for y in labels]
+    # a complete chain: every line correct *and* a correct final answer (a response that stops after one
+    # correct line has no wrong line, but it is not a solution; PRM-rewarded RL learns to write those)
+    steps_ok = [float(all(y) and o >= 1) for y, o in zip(labels, outcomes)]
     if args.out:
         write_jsonl(args.out, [{"prompt": r["prompt"], "response": text, "labels": y, "prm_score": s, "outcome": o,
                                 "family": r["family"]} for r, text, y, s, o in zip(rows, responses, labels, scores, outcomes)])

@@ -240,3 +240,5 @@ def test_prm_as_rl_reward_and_for_reranking(sft, trained_prm, tmp_path):
     result = prm.rerank(["--prm", f"{trained_prm[0]}/ckpt", "--policy", sft, "--n", "2", "--prompts", "3",
                          "--max_new_tokens", "8", "--device", "cpu"])
     assert result["prompts"] == 3 and set(result["all_steps_correct/all"]) == {"prm", "outcome", "random", "oracle"}
+    # a complete, correct chain ends in a correct answer: never more of them than correct answers
+    assert result["sample_all_steps_correct"] <= result["sample_answer_correct"]
