@@ -25,6 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from nanopost.losses import token_logprobs
+
 
 @dataclass
 class GPTConfig:
@@ -65,7 +67,7 @@ class KVCache:
     prompt at positions 0..n_b-1 and its new tokens right after it (rows are right-padded, so a
     short prompt never pays for the longest one). Two ways to write:
       prefill   (slots None): the t keys of every row go to positions 0..t-1;
-      decoding  (decode_at(slots)): row b's one new key goes to position slots[b].
+      decoding  (decode_at(slots, end)): row b's one new key goes to position slots[b].
     update() returns the keys/values of positions 0..end-1; the attention mask hides, per row,
     the positions beyond that row's own end."""
 
@@ -81,9 +83,10 @@ class KVCache:
         view.k, view.v, view.slots, view.end = self.k[:, lo:hi], self.v[:, lo:hi], None, 0
         return view
 
-    def decode_at(self, slots):
-        """Switch to decoding: the next update writes row b's key at slots[b] (B,) long."""
-        self.slots, self.end = slots, int(slots.max()) + 1
+    def decode_at(self, slots, end):
+        """Switch to decoding: the next update writes row b's key at slots[b] (B,) long; keys
+        0..end-1 are returned (end > max(slots), given by the caller: no host sync per step)."""
+        self.slots, self.end = slots, end
 
     def update(self, layer, k, v):
         """Store k, v (B, H, t, D); return this layer's keys/values (B, H, end, D)."""
@@ -284,8 +287,7 @@ class ScalarModel(nn.Module):
         logits = self.gpt.lm_head(hidden) if return_logits or self.logp_weight else None  # (B, T, V)
         if self.logp_weight:
             assert response_mask is not None, "a reward model with logp_weight needs the response_mask"
-            logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-            token_logp = logprobs.gather(-1, idx[:, 1:, None]).squeeze(-1) * response_mask[:, 1:]  # (B, T-1)
+            token_logp = token_logprobs(logits[:, :-1], idx[:, 1:]) * response_mask[:, 1:]  # (B, T-1)
             scores = scores + self.logp_weight * F.pad(token_logp.cumsum(1), (1, 0))  # position 0 is never a response
         return (scores, logits) if return_logits else scores
 
@@ -439,8 +441,8 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_id
         elif t == 0:
             hidden = _prefill(model, prompts, cache)
         else:
-            cache.decode_at(last)
-            keys = torch.arange(cache.end, device=device)
+            cache.decode_at(last, P + t)  # the longest row's newest token sits at P + t - 1
+            keys = torch.arange(P + t, device=device)
             visible = (keys[None, :] <= last[:, None])[:, None, None, :]  # (B, 1, 1, T): a row's own tokens
             hidden = model(idx[rows, last][:, None], pos=last[:, None], attn_mask=visible, kv_cache=cache,
                            return_hidden=True)[:, 0]

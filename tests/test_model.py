@@ -263,7 +263,7 @@ def test_kv_cache_prefill_then_per_row_slots():
     k = torch.randn(2, 2, 3, 16)
     k0, v0 = cache.update(0, k, -k)  # prefill: positions 0..2 of both rows
     assert k0.shape == (2, 2, 3, 16) and torch.equal(k0, k) and torch.equal(v0, -k)
-    cache.decode_at(torch.tensor([3, 5]))  # row 0 appends at 3, row 1 at 5
+    cache.decode_at(torch.tensor([3, 5]), 6)  # row 0 appends at 3, row 1 at 5
     new = torch.randn(2, 2, 1, 16)
     k1, v1 = cache.update(0, new, -new)
     assert k1.shape == (2, 2, 6, 16)
