@@ -14,7 +14,6 @@ starts with <|bos|> and attends only to itself.
 import dataclasses
 import os
 import random
-import sys
 import time
 
 import torch
@@ -24,7 +23,7 @@ from nanopost.checkpoint import load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import DataError, load_records
 from nanopost.model import GPT, GPTConfig
-from nanopost.nexttoken import EpochBatches, NextTokenConfig, NonFiniteLoss, padding_efficiency, train_steps
+from nanopost.nexttoken import EpochBatches, NextTokenConfig, padding_efficiency, stop_on_nonfinite, train_steps
 from nanopost.tokenizer import Tokenizer
 
 
@@ -108,11 +107,8 @@ def main(argv=None):
     def save(step):
         save_checkpoint(ckpt_path, model, tok, step, dataclasses.asdict(cfg), "base", optimizer, rng_state())
 
-    try:
+    with stop_on_nonfinite(log):
         stats = train_steps(model, optimizer, batches, cfg, device, log, start_step, save)
-    except NonFiniteLoss as e:
-        log.info(str(e))
-        sys.exit(1)
     save(cfg.steps)
     return log.finish({"stage": "base", "steps": cfg.steps, "loss": stats["losses"][-1] if stats["losses"] else None,
                        "tokens_per_s": stats["tokens_per_s"], "padding_efficiency": padding_efficiency(batches),

@@ -50,7 +50,7 @@ from nanopost.instruct_world import rl_family_records
 from nanopost.losses import (DPO_LOSS_TYPES, aggregate, clipped_surrogate, clipped_value_loss, dpo_loss, dpo_rewards, gae,
                              grpo_advantages, kl_estimate, rloo_advantages, whiten)
 from nanopost.model import ScalarModel
-from nanopost.nexttoken import NonFiniteLoss
+from nanopost.nexttoken import stop_on_nonfinite
 from nanopost.preferences import PreferenceConfig, pair_batch, preference_data, preference_rate, sequence_logprobs, train_pairs
 from nanopost.rewards import check_weights, parse_reward, parse_weights, reward_fn_for, rl_record
 from nanopost.rollout import completion_logprobs, completion_values, sample_rollouts
@@ -211,12 +211,9 @@ def train_dpo(cfg):
                         {"ref_chosen": ref_chosen.cpu(), "ref_rejected": ref_rejected.cpu()})
 
     policy.train()
-    try:
+    with stop_on_nonfinite(log):
         history = train_pairs(policy, optimizer, train, loss_fn, cfg, log,
                               state["meta"]["step"] if cfg.resume else 0, save)
-    except NonFiniteLoss as e:
-        log.info(str(e))
-        sys.exit(1)
     save(cfg.steps)
 
     policy.eval()

@@ -25,7 +25,6 @@ nats), so it costs format and concision; off by default (README: measured).
 """
 import dataclasses
 import os
-import sys
 import time
 
 import torch
@@ -36,7 +35,7 @@ from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpo
 from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.losses import bradley_terry_loss
 from nanopost.model import ScalarModel
-from nanopost.nexttoken import NonFiniteLoss
+from nanopost.nexttoken import stop_on_nonfinite
 from nanopost.preferences import (PreferenceConfig, last_token_rewards, pair_batch, preference_data, sequence_logprobs,
                                  train_pairs, weight_kinds)
 
@@ -157,11 +156,8 @@ def main(argv=None):
         save_checkpoint(ckpt_path, rm.gpt, tok, step, dataclasses.asdict(cfg), "rm", optimizer, rng_state(), extra)
 
     rm.train()
-    try:
+    with stop_on_nonfinite(log):
         train_pairs(rm, optimizer, train, loss_fn, cfg, log, start_step, save)
-    except NonFiniteLoss as e:
-        log.info(str(e))
-        sys.exit(1)
 
     # held-out ranking, and the reward statistics RL standardises with
     rm.eval()

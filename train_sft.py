@@ -16,7 +16,6 @@ is a JSON summary.
 """
 import dataclasses
 import os
-import sys
 import time
 
 import torch
@@ -28,7 +27,7 @@ from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, 
 from nanopost.data import load_sft, read_jsonl, write_jsonl
 from nanopost.evaluate import direct_answer_rate, exact_match, heldout_accuracy
 from nanopost.instruct_world import instruct_sft_records
-from nanopost.nexttoken import EpochBatches, NextTokenConfig, NonFiniteLoss, padding_efficiency, train_steps
+from nanopost.nexttoken import EpochBatches, NextTokenConfig, padding_efficiency, stop_on_nonfinite, train_steps
 
 
 @dataclasses.dataclass
@@ -103,11 +102,8 @@ def main(argv=None):
         run = {**dataclasses.asdict(cfg), "base_direct_answer_rate": base_direct}
         save_checkpoint(ckpt_path, model, tok, step, run, "sft", optimizer, rng_state())
 
-    try:
+    with stop_on_nonfinite(log):
         stats = train_steps(model, optimizer, batches, cfg, device, log, start_step, save)
-    except NonFiniteLoss as e:
-        log.info(str(e))
-        sys.exit(1)
     save(cfg.steps)
 
     # held-out evaluation

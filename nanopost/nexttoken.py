@@ -10,8 +10,10 @@ masked gives loss 0, not NaN. Under torchrun a step is grad_accum x world micro-
 by nanopost.dist (N is then all-reduced first), so the result does not depend on the process count. Batches are a pure function of (seed, epoch): a run resumed at step
 s sees exactly the batches the uninterrupted run would have seen.
 """
+import contextlib
 import dataclasses
 import math
+import sys
 import time
 
 import torch
@@ -38,6 +40,17 @@ class NextTokenConfig(RunConfig):
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def stop_on_nonfinite(log):
+    """A NonFiniteLoss inside ends the script: its message logged, exit status 1, nothing saved
+    (the last good checkpoint is kept)."""
+    try:
+        yield
+    except NonFiniteLoss as e:
+        log.info(str(e))
+        sys.exit(1)
 
 
 def lr_at(step, total, lr, warmup):

@@ -35,7 +35,7 @@ from nanopost.evaluate import chat_complete
 from nanopost.graders import grade_many
 from nanopost.losses import token_logprobs
 from nanopost.model import ScalarModel
-from nanopost.nexttoken import NonFiniteLoss
+from nanopost.nexttoken import stop_on_nonfinite
 from nanopost.preferences import load_scalar_model, train_pairs
 from nanopost.tokenizer import ConversationTooLong, render_prompt
 
@@ -230,12 +230,9 @@ def train(cfg):
                         {"head": prm.head.state_dict(), "aggregate": cfg.prm_aggregate})
 
     prm.train()
-    try:
+    with stop_on_nonfinite(log):
         train_pairs(prm, optimizer, train_chains, loss_fn, cfg, log,
                     state["meta"]["step"] if cfg.resume else 0, save)
-    except NonFiniteLoss as e:
-        log.info(str(e))
-        sys.exit(1)
     save(cfg.steps)
 
     prm.eval()
