@@ -25,3 +25,9 @@ def tiny_models(tmp_path_factory):
     train_sft.main(["--init", str(root / "base" / "ckpt"), "--out", str(root / "sft"), "--steps", "2",
                     "--n_train", "60", "--eval_per_family", "1", "--batch_size", "4", "--log_every", "10"])
     return {"base": str(root / "base" / "ckpt"), "sft": str(root / "sft" / "ckpt")}
+
+
+@pytest.fixture(scope="session")
+def sft(tiny_models):
+    """The tiny SFT checkpoint's path (test_dist.py overrides it with the (base, sft) pair)."""
+    return tiny_models["sft"]

@@ -20,11 +20,6 @@ SMALL_PAIRS = ["--steps", "2", "--n_pairs", "40", "--batch_size", "4", "--micro_
 
 
 @pytest.fixture(scope="module")
-def sft(tiny_models):
-    return tiny_models["sft"]
-
-
-@pytest.fixture(scope="module")
 def rm(sft, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
     summary = train_rm.main(["--init", sft, "--out", str(out)] + SMALL_PAIRS)

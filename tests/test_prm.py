@@ -203,11 +203,6 @@ def test_best_of_n_picks():
 # smoke runs from the command-line entry points
 
 @pytest.fixture(scope="module")
-def sft(tiny_models):
-    return tiny_models["sft"]
-
-
-@pytest.fixture(scope="module")
 def trained_prm(sft, tmp_path_factory):
     out = tmp_path_factory.mktemp("prm")
     summary = train_rm.main(["--kind", "prm", "--init", sft, "--out", str(out), "--steps", "2", "--n_pairs", "24",
