@@ -70,6 +70,11 @@ class RMConfig(PreferenceConfig):
     operand_error_rate: float = flag(0.0, "--kind prm, built-in chains: share of the injected wrong lines that change an "
                                           "operand (right arithmetic on numbers the problem lacks) instead of the result",
                                      "prm")
+    truncate_rate: float = flag(0.0, "--kind prm, built-in chains: share that stop before their answer (the verifier "
+                                     "labels their last line wrong: stopping early is no solution)", "prm")
+    policy_samples: int = flag(0, "--kind prm: also train on this many chains sampled from the --init model (8 per "
+                                  "training prompt, T = 0.7) and labelled by the verifier: the errors the policy "
+                                  "really makes; 400 held-out samples are scored too", "prm")
     prm_aggregate: str = flag("min", "--kind prm: step scores -> response reward: min | product | last", "prm")
 
 

@@ -6,6 +6,7 @@ to a response reward (min, product or last), used as an RL reward and for best-o
 
     python train_rm.py --kind prm --lm_coef 1 --out runs/prm   # train it (built-in chains, or --data chains.jsonl)
     python -m nanopost.prm rerank --prm runs/prm/ckpt --n 8   # best-of-N: PRM vs outcome-only vs random
+    python -m nanopost.prm score --prm runs/prm/ckpt --data chains.jsonl   # step accuracy on labelled chains
     python train_rl.py --algo grpo --reward prm:runs/prm/ckpt --out runs/rl_prm   # as the RL reward
 
 Loss per step s of a chain with label y_s ∈ {0, 1} and head output z_s:
@@ -142,6 +143,21 @@ def prm_scorer(path, device):
     return score
 
 
+def policy_chains(model, tok, n, split, seed, device="cpu", per_prompt=8, temperature=0.7, max_new_tokens=48):
+    """Chains the policy writes itself, labelled by the verifier (on-policy PRM data, as PRM800K and
+    Math-Shepherd label their own model's samples): per_prompt samples at `temperature` for each of
+    n // per_prompt distinct step-by-step prompts of the split. Replies with no text are dropped."""
+    tasks = world.sample_tasks(-(-n // per_prompt), split, f"{seed}|policy", process.FAMILIES, unique=True)
+    rows = [t for t in tasks for _ in range(per_prompt)][:n]
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    responses = chat_complete(model, tok, [[{"role": "user", "content": t.prompt}] for t in rows], max_new_tokens,
+                              temperature=temperature, generator=generator)
+    return [{"prompt": [{"role": "user", "content": t.prompt}], "response": text,
+             "labels": process.label_steps(t.prompt, text), "metadata": t.metadata, "family": t.family,
+             "injected": {"policy_sample": True}} for t, text in zip(rows, responses) if text.strip()]
+
+
 # ----------------------------------------------------------------------------------------------
 # training (train_rm.py --kind prm)
 
@@ -185,13 +201,22 @@ def train(cfg):
     path = cfg.data or os.path.join(out, "chains.jsonl")
     if not cfg.data:
         write_jsonl(path, process.chain_records(cfg.n_pairs, "train", cfg.seed, cfg.wrong_step_rate,
-                                                         operand_error_rate=cfg.operand_error_rate))
+                                                operand_error_rate=cfg.operand_error_rate,
+                                                truncate_rate=cfg.truncate_rate))
     train_chains, report = load_chains(path, tok, max_len, cfg.skip_bad)
     eval_path = cfg.eval_data or os.path.join(out, "chains_eval.jsonl")
     if not cfg.eval_data:
         write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate,
-                                                              operand_error_rate=cfg.operand_error_rate))
+                                                     operand_error_rate=cfg.operand_error_rate,
+                                                     truncate_rate=cfg.truncate_rate))
     held_out, _ = load_chains(eval_path, tok, max_len)
+    # the policy's own chains (sampled once, before the body trains; a resumed run reads them back)
+    policy_path, policy_eval_path = os.path.join(out, "policy_chains.jsonl"), os.path.join(out, "policy_chains_eval.jsonl")
+    if cfg.policy_samples and not (cfg.resume and os.path.exists(policy_eval_path)):
+        write_jsonl(policy_path, policy_chains(state["model"], tok, cfg.policy_samples, "train", cfg.seed, device))
+        write_jsonl(policy_eval_path, policy_chains(state["model"], tok, 400, "eval", cfg.seed, device))
+    if cfg.policy_samples:
+        train_chains += load_chains(policy_path, tok, max_len)[0]
     labels = [y for _, _, ys in train_chains for y in ys]
     log.info(f"{len(train_chains)} training chains ({labels.count(0)} wrong of {len(labels)} steps), "
              f"{len(held_out)} held-out, init {init}, device {device}")
@@ -246,6 +271,13 @@ def train(cfg):
         by_family[r.get("family", "all")][1].append(s)
     heldout["step_accuracy_by_family"] = {f: step_report(c, s)["heldout_step_accuracy"] for f, (c, s) in sorted(by_family.items())}
     log.info(f"held-out step accuracy {heldout['heldout_step_accuracy']:.3f} {heldout['step_accuracy_by_family']}")
+    if cfg.policy_samples:  # the same report on held-out chains the policy wrote itself
+        records = [r for _, r in read_jsonl(policy_eval_path)]
+        chains, _ = load_chains(policy_eval_path, tok, max_len)
+        policy = step_report(chains, step_scores(prm, tok, [r["prompt"] for r in records], [r["response"] for r in records], device))
+        heldout["heldout_policy_samples"] = {"chains": len(chains), **policy}
+        log.info(f"held-out step accuracy on the policy's own samples {policy['heldout_step_accuracy']:.3f} "
+                 f"(correct steps {policy['accuracy_on_correct_steps']:.3f}, wrong {policy['accuracy_on_wrong_steps']:.3f})")
     return log.finish({"stage": "prm", "steps": cfg.steps, **heldout, "heldout_chains": len(held_out),
                        "aggregate": cfg.prm_aggregate, "wrong_step_rate": cfg.wrong_step_rate, "data": report,
                        "wall_s": time.time() - t_start, "ckpt": ckpt_path})
@@ -264,13 +296,15 @@ def best_of_n(responses, scores, outcomes, steps_ok, n):
     """Per prompt (consecutive groups of n samples), the all-steps-correct indicator of the response
     each rule picks: the highest PRM score; the highest outcome reward (every correct final answer
     ties: the expectation over the tied ones); a random sample (the expectation: the group's mean);
-    and the oracle (some sample is all-steps-correct). Returns {rule: [value per prompt]}."""
-    picks = {"prm": [], "outcome": [], "random": [], "oracle": []}
+    the highest outcome reward with the PRM breaking its ties (a verifier where one exists, the PRM where it
+    cannot see); and the oracle (some sample is all-steps-correct). Returns {rule: [value per prompt]}."""
+    picks = {"prm": [], "outcome": [], "outcome_then_prm": [], "random": [], "oracle": []}
     for lo in range(0, len(responses), n):
         s, o, ok = scores[lo:lo + n], outcomes[lo:lo + n], steps_ok[lo:lo + n]
         picks["prm"].append(ok[max(range(len(s)), key=lambda i: s[i])])
         tied = [i for i in range(len(o)) if o[i] == max(o)]
         picks["outcome"].append(sum(ok[i] for i in tied) / len(tied))
+        picks["outcome_then_prm"].append(ok[max(tied, key=lambda i: s[i])])  # the PRM breaks the outcome's ties
         picks["random"].append(sum(ok) / len(ok))
         picks["oracle"].append(float(any(ok)))
     return picks
@@ -330,7 +364,26 @@ def rerank(argv=None):
     return summary
 
 
+def score(argv=None):
+    """python -m nanopost.prm score --prm CKPT --data CHAINS.jsonl: the step report of a PRM on
+    step-labelled chains (process.py's records), one JSON line."""
+    p = argparse.ArgumentParser(prog="python -m nanopost.prm score", description=score.__doc__)
+    p.add_argument("--prm", required=True, help="process reward model checkpoint (train_rm.py --kind prm)")
+    p.add_argument("--data", required=True, help="step-labelled JSONL (python -m nanopost.process writes one)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    model, tok, _ = load_prm(args.prm, device)
+    chains, _ = load_chains(args.data, tok, model.gpt.config.block_size)
+    records = [r for _, r in read_jsonl(args.data)]
+    report = {"data": args.data, "chains": len(chains),
+              **step_report(chains, step_scores(model, tok, [r["prompt"] for r in records], [r["response"] for r in records], device))}
+    print(json.dumps(report))
+    return report
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["rerank"]:
-        sys.exit("usage: python -m nanopost.prm rerank --prm CKPT [--n 8] (see --help)")
-    rerank(sys.argv[2:])
+    commands = {"rerank": rerank, "score": score}
+    if sys.argv[1:2] not in [[c] for c in commands]:
+        sys.exit("usage: python -m nanopost.prm rerank --prm CKPT [--n 8] | score --prm CKPT --data CHAINS.jsonl (see --help)")
+    commands[sys.argv[1]](sys.argv[2:])

@@ -20,7 +20,10 @@ N must equal LHS exactly; a roots step must solve a factor of the problem; `Answ
 what the steps arrived at. So "4 * 5 = 21 / 3 + 21 = 24 / Answer: 24" is labelled 0, 1, 1 (one wrong
 step, propagated: wrong final answer) and "4 * 5 = 21 / 3 + 20 = 23 / Answer: 23" is 0, 0, 0 (the
 later lines do not follow from the chain, although the final answer is right: the case an
-outcome-only reward cannot see).
+outcome-only reward cannot see). The PRM reads a response's last step at its <|end|> token, so that
+verdict covers stopping there too: a response that does not end with its `Answer:` line gets 0 on its
+last line ("4 * 5 = 20" alone is 0: the chain stops before it is done). Without that rule a PRM whose
+reward is the weakest step is hacked by stopping after one correct line.
 
 Record (JSONL, one a line; `load_chains` reads it with file:line errors):
 
@@ -233,6 +236,8 @@ def label_steps(prompt, response):
             continue
         labels.append(int(evaluate(lhs_tree) == value))
         state = new_state
+    if not ANSWER.fullmatch(line):  # stops before its answer: the last step, read at <|end|>, is wrong
+        labels[-1] = 0
     return labels
 
 
@@ -241,11 +246,12 @@ def label_steps(prompt, response):
 
 
 def chain_records(n, split, seed, wrong_step_rate=0.5, max_k=3, system_prob=0.3, families=FAMILIES,
-                  operand_error_rate=0.0):
+                  operand_error_rate=0.0, truncate_rate=0.0):
     """n labelled chains of the world's step-by-step tasks in a split. A chain gets one wrong line
     (any line, the answer included) with probability wrong_step_rate: off by k, 1 <= |k| <= max_k,
     in its result or, at operand_error_rate, in its first operand (write_chain), later lines
-    propagating the error or not (half each). Labels come from the verifier.
+    propagating the error or not (half each). At truncate_rate a chain then stops early, after a
+    random number of its step lines and before its answer. Labels come from the verifier.
     Held-out ('eval') chains are distinct (prompt, response) pairs, possibly fewer than n."""
     rng = random.Random(f"{seed}|chains|{split}")
     tasks = world.sample_tasks(4 * n if split == "eval" else n, split, seed, families)
@@ -264,6 +270,9 @@ def chain_records(n, split, seed, wrong_step_rate=0.5, max_k=3, system_prob=0.3,
             lines = write_chain(problem, injected["line"], k, injected["propagate"], injected.get("operand", False))
         else:
             lines = write_chain(problem)
+        if truncate_rate and rng.random() < truncate_rate:  # drawn only when asked for (old data unchanged)
+            lines = lines[:rng.randint(1, len(lines) - 1)]
+            injected = {**(injected or {}), "truncated": len(lines)}
         response = "\n".join(lines)
         system = [{"role": "system", "content": rng.choice(world.SYSTEM_PROMPTS)}] if rng.random() < system_prob else []
         if split == "eval" and (t.prompt, response) in seen:
@@ -323,8 +332,10 @@ def main():
     p.add_argument("--wrong_step_rate", type=float, default=0.5, help="share of chains with one injected wrong line")
     p.add_argument("--operand_error_rate", type=float, default=0.0,
                    help="share of the wrong lines whose operand, not result, is off (see write_chain)")
+    p.add_argument("--truncate_rate", type=float, default=0.0, help="share of chains that stop before their answer")
     args = p.parse_args()
-    records = chain_records(args.n, args.split, args.seed, args.wrong_step_rate, operand_error_rate=args.operand_error_rate)
+    records = chain_records(args.n, args.split, args.seed, args.wrong_step_rate, operand_error_rate=args.operand_error_rate,
+                            truncate_rate=args.truncate_rate)
     write_jsonl(args.out, records)
     steps = [v for r in records for v in r["labels"]]
     print(json.dumps({"out": args.out, "chains": len(records), "steps": len(steps),

@@ -33,6 +33,9 @@ ROOTS = "Solve: (x - 3)(x + 5) = 0. Give the roots separated by commas after 'An
     ("3 + 4 * 5 = 23\nAnswer: 23", [1, 1]),               # one step doing everything, exactly
     ("4 * 5 = 20\nAnswer: 20", [1, 0]),                   # answer before the work is done
     ("4 * 5 = 20\nthen add 3\nAnswer: 23", [1, 0, 0]),    # a line that is no step
+    ("4 * 5 = 20", [0]),                                  # stops before it is done (read at <|end|>)
+    ("4 * 5 = 20\n3 + 20 = 23", [1, 0]),                  # all the work, but no answer line
+    ("4 * 5 = 20\n3 + 20 = 23\nAnswer: 23\n", [1, 1, 1, 0]),  # something after the answer
 ])
 def test_step_labels_of_hand_made_chains(response, labels):
     assert process.label_steps(STEPS, response) == labels
@@ -45,6 +48,7 @@ def test_step_labels_of_hand_made_chains(response, labels):
     ("x - 3 = 0, so x = 4\nx + 5 = 0, so x = -5\nAnswer: -5, 3", [0, 1, 0]),  # right answer after a wrong step
     ("x - 3 = 0, so x = 3\nx - 5 = 0, so x = 5\nAnswer: 3, 5", [1, 0, 0]),    # a factor the problem lacks
     ("x - 3 = 0, so x = 3\nx + 5 = 0, so x = -5\nSo x = 3 or x = -5.", [1, 1, 0]),  # prose, no answer line
+    ("x - 3 = 0, so x = 3", [0]),                                              # one root, then stops
 ])
 def test_roots_step_labels(response, labels):
     assert process.label_steps(ROOTS, response) == labels
@@ -98,6 +102,19 @@ def test_operand_errors_state_exact_arithmetic_on_numbers_the_problem_lacks():
     # (a roots line can land on the problem's other factor, which is then a correct step)
     assert all(r["labels"][r["injected"]["line"]] == 0 for r in operand if r["family"] == "steps")
     assert process.chain_records(50, "train", 0, 0.5) == process.chain_records(50, "train", 0, 0.5, operand_error_rate=0.0)
+
+
+def test_truncated_chains_stop_before_their_answer_and_are_labelled_so():
+    records = process.chain_records(300, "train", seed=0, wrong_step_rate=0.5, truncate_rate=0.3)
+    cut = [r for r in records if r["injected"] and "truncated" in r["injected"]]
+    assert 0.2 < len(cut) / len(records) < 0.4
+    for r in cut:
+        lines = r["response"].split("\n")
+        assert len(lines) == r["injected"]["truncated"] >= 1 and not lines[-1].startswith("Answer:")
+        assert r["labels"][-1] == 0
+    whole = [r for r in records if r not in cut]
+    assert all(r["response"].split("\n")[-1].startswith("Answer:") for r in whole)
+    assert process.chain_records(50, "train", 0, 0.5) == process.chain_records(50, "train", 0, 0.5, truncate_rate=0.0)
 
 
 @pytest.mark.parametrize("how, expected", [("min", 0.2), ("product", 0.9 * 0.2 * 0.8), ("last", 0.8)])
@@ -196,6 +213,7 @@ def test_best_of_n_picks():
     picks = prm.best_of_n(ok, scores, outcomes, ok, 3)
     assert picks["prm"] == [1.0, 0.0]
     assert picks["outcome"] == [0.5, 0.5]   # the correct final answers tie
+    assert picks["outcome_then_prm"] == [1.0, 0.0]  # the PRM picks among those: 0.9 (right), 0.8 (wrong)
     assert picks["random"] == pytest.approx([1 / 3, 1 / 3]) and picks["oracle"] == [1.0, 1.0]
 
 
@@ -206,7 +224,8 @@ def test_best_of_n_picks():
 def trained_prm(sft, tmp_path_factory):
     out = tmp_path_factory.mktemp("prm")
     summary = train_rm.main(["--kind", "prm", "--init", sft, "--out", str(out), "--steps", "2", "--n_pairs", "24",
-                             "--batch_size", "4", "--micro_batch_size", "2", "--log_every", "1", "--device", "cpu"])
+                             "--batch_size", "4", "--micro_batch_size", "2", "--log_every", "1", "--device", "cpu",
+                             "--truncate_rate", "0.2", "--policy_samples", "16"])
     return str(out), summary
 
 
@@ -214,6 +233,11 @@ def test_prm_training_run(trained_prm):
     out, summary = trained_prm
     assert summary["stage"] == "prm" and 0 <= summary["heldout_step_accuracy"] <= 1
     assert set(summary["step_accuracy_by_family"]) == {"steps", "roots"} and summary["heldout_steps"] > 0
+    # the policy's own chains: labelled by the verifier, trained on, and scored on held-out prompts
+    policy = [json.loads(line) for line in open(os.path.join(out, "policy_chains.jsonl"))]
+    assert 0 < len(policy) <= 16
+    assert all(r["labels"] == process.label_steps(r["prompt"][-1]["content"], r["response"]) for r in policy)
+    assert summary["heldout_policy_samples"]["chains"] > 0
     with open(os.path.join(out, "metrics.jsonl")) as f:
         first = json.loads(f.readline())
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # a zero head: σ(0) = ½ on every step
@@ -234,6 +258,6 @@ def test_prm_as_rl_reward_and_for_reranking(sft, trained_prm, tmp_path):
         train_rl.main(["--init", sft, "--out", str(tmp_path / "x"), "--reward", f"prm:{sft}", "--steps", "1"])
     result = prm.rerank(["--prm", f"{trained_prm[0]}/ckpt", "--policy", sft, "--n", "2", "--prompts", "3",
                          "--max_new_tokens", "8", "--device", "cpu"])
-    assert result["prompts"] == 3 and set(result["all_steps_correct/all"]) == {"prm", "outcome", "random", "oracle"}
+    assert result["prompts"] == 3 and set(result["all_steps_correct/all"]) == {"prm", "outcome", "outcome_then_prm", "random", "oracle"}
     # a complete, correct chain ends in a correct answer: never more of them than correct answers
     assert result["sample_all_steps_correct"] <= result["sample_answer_correct"]
