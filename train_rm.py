@@ -75,6 +75,9 @@ class RMConfig(PreferenceConfig):
     policy_samples: int = flag(0, "--kind prm: also train on this many chains sampled from the --init model (8 per "
                                   "training prompt, T = 0.7) and labelled by the verifier: the errors the policy "
                                   "really makes; 400 held-out samples are scored too", "prm")
+    prm_labels: str = flag("step", "--kind prm: step: the verifier's label of every step (a PRM) | outcome: every step "
+                                   "labelled with whether the final answer is right (an outcome reward model, the "
+                                   "PRM's baseline; use --prm_aggregate last)", "prm")
     prm_aggregate: str = flag("min", "--kind prm: step scores -> response reward: min | product | last", "prm")
 
 

@@ -33,7 +33,7 @@ from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpo
 from nanopost.common import RunLog, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records, read_jsonl, write_jsonl
 from nanopost.evaluate import chat_complete
-from nanopost.graders import grade_many
+from nanopost.graders import grade, grade_many
 from nanopost.losses import token_logprobs
 from nanopost.model import ScalarModel
 from nanopost.nexttoken import stop_on_nonfinite
@@ -54,11 +54,18 @@ def encode_chain(tok, prompt, lines, max_len=None):
     return ids, ends
 
 
-def load_chains(path, tok, max_len, skip_bad=False):
+def load_chains(path, tok, max_len, skip_bad=False, outcome=False):
     """Step-labelled JSONL (process.py's record) -> ([(ids, ends, labels)], report); a bad record
-    stops with 'file:line: reason' (or is skipped and counted with skip_bad)."""
+    stops with 'file:line: reason' (or is skipped and counted with skip_bad). outcome=True gives
+    every step of a chain the chain's outcome instead: 1 iff its final answer is right (the graders
+    on its metadata), the labels of an outcome reward model (ORM) on the same chains."""
     def convert(record):
         prompt, lines, labels = process.check_chain(record, tok, max_len)
+        if outcome:
+            metadata = record.get("metadata")
+            if not isinstance(metadata, dict) or "ground_truth" not in metadata:
+                raise ValueError("outcome labels need the record's 'metadata' with its 'ground_truth'")
+            labels = [int(grade(record["response"], metadata).get("math_grader", 0.0) >= 1)] * len(lines)
         return (*encode_chain(tok, prompt, lines, max_len), labels)
     return load_records(path, convert, skip_bad)
 
@@ -186,6 +193,8 @@ def train(cfg):
     """train_rm.py --kind prm: cfg is train_rm's RMConfig (n_pairs = built-in training chains)."""
     if cfg.prm_aggregate not in process.AGGREGATES:
         raise ValueError(f"unknown --prm_aggregate {cfg.prm_aggregate!r}; use {', '.join(process.AGGREGATES)}")
+    if cfg.prm_labels not in ("step", "outcome"):
+        raise ValueError(f"unknown --prm_labels {cfg.prm_labels!r}; use step or outcome")
     t_start = time.time()
     out = "runs/prm" if cfg.out == "runs/rm" else cfg.out  # the BT default would overwrite a reward model
     set_seed(cfg.seed)
@@ -203,7 +212,8 @@ def train(cfg):
         write_jsonl(path, process.chain_records(cfg.n_pairs, "train", cfg.seed, cfg.wrong_step_rate,
                                                 operand_error_rate=cfg.operand_error_rate,
                                                 truncate_rate=cfg.truncate_rate))
-    train_chains, report = load_chains(path, tok, max_len, cfg.skip_bad)
+    orm = cfg.prm_labels == "outcome"
+    train_chains, report = load_chains(path, tok, max_len, cfg.skip_bad, outcome=orm)
     eval_path = cfg.eval_data or os.path.join(out, "chains_eval.jsonl")
     if not cfg.eval_data:
         write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate,
@@ -216,7 +226,7 @@ def train(cfg):
         write_jsonl(policy_path, policy_chains(state["model"], tok, cfg.policy_samples, "train", cfg.seed, device))
         write_jsonl(policy_eval_path, policy_chains(state["model"], tok, 400, "eval", cfg.seed, device))
     if cfg.policy_samples:
-        train_chains += load_chains(policy_path, tok, max_len)[0]
+        train_chains += load_chains(policy_path, tok, max_len, outcome=orm)[0]
     labels = [y for _, _, ys in train_chains for y in ys]
     log.info(f"{len(train_chains)} training chains ({labels.count(0)} wrong of {len(labels)} steps), "
              f"{len(held_out)} held-out, init {init}, device {device}")

@@ -153,6 +153,21 @@ def test_bad_records_name_file_and_line(tok, tmp_path):
     assert len(chains) == 1 and report["skipped"] == 1
 
 
+def test_outcome_labels_give_every_step_the_final_answers_verdict(tok, tmp_path):
+    meta = {"scorer": "math_grader", "ground_truth": "23"}
+    right_after_wrong = {"prompt": [{"role": "user", "content": STEPS}], "response": "4 * 5 = 21\n3 + 20 = 23\nAnswer: 23",
+                         "labels": [0, 0, 0], "metadata": meta}
+    wrong = {**right_after_wrong, "response": "4 * 5 = 20\n3 + 20 = 23\nAnswer: 24", "labels": [1, 1, 0]}
+    path = tmp_path / "chains.jsonl"
+    write_jsonl(path, [right_after_wrong, wrong])
+    chains, _ = prm.load_chains(str(path), tok, 256, outcome=True)
+    assert [labels for _, _, labels in chains] == [[1, 1, 1], [0, 0, 0]]   # an ORM sees only the answer
+    assert [labels for _, _, labels in prm.load_chains(str(path), tok, 256)[0]] == [[0, 0, 0], [1, 1, 0]]
+    write_jsonl(path, [right_after_wrong, {k: v for k, v in wrong.items() if k != "metadata"}])
+    with pytest.raises(DataError, match=r"chains.jsonl:2: .*ground_truth"):
+        prm.load_chains(str(path), tok, 256, outcome=True)
+
+
 def test_step_ends_are_the_newlines_and_the_final_end_token(tok):
     prompt = [{"role": "user", "content": STEPS}]
     ids, ends = prm.encode_chain(tok, prompt, ["4 * 5 = 20", "3 + 20 = 23", "Answer: 23"])
@@ -245,6 +260,8 @@ def test_prm_training_run(trained_prm):
     assert how == "min"
     with pytest.raises(ValueError, match="unknown --prm_aggregate"):
         train_rm.main(["--kind", "prm", "--prm_aggregate", "mean", "--out", out])
+    with pytest.raises(ValueError, match="unknown --prm_labels"):
+        train_rm.main(["--kind", "prm", "--prm_labels", "final", "--out", out])
 
 
 def test_prm_as_rl_reward_and_for_reranking(sft, trained_prm, tmp_path):
