@@ -150,19 +150,39 @@ def prm_scorer(path, device):
     return score
 
 
-def policy_chains(model, tok, n, split, seed, device="cpu", per_prompt=8, temperature=0.7, max_new_tokens=48):
-    """Chains the policy writes itself, labelled by the verifier (on-policy PRM data, as PRM800K and
-    Math-Shepherd label their own model's samples): per_prompt samples at `temperature` for each of
-    n // per_prompt distinct step-by-step prompts of the split. Replies with no text are dropped."""
-    tasks = world.sample_tasks(-(-n // per_prompt), split, f"{seed}|policy", process.FAMILIES, unique=True)
-    rows = [t for t in tasks for _ in range(per_prompt)][:n]
+def step_prompts(n, split, seed):
+    """Distinct step-by-step prompts of a split (§8 records: prompt, metadata for math_grader, family)."""
+    return [{"prompt": [{"role": "user", "content": t.prompt}], "metadata": t.metadata, "family": t.family}
+            for t in world.sample_tasks(n, split, seed, process.FAMILIES, unique=True)]
+
+
+def sample_chains(model, tok, rows, seed, device="cpu", temperature=0.7, max_new_tokens=48):
+    """The model's reply to each row (step_prompts' records), labelled by the verifier: the rows with
+    "response" and "labels" added (process.py's chain records)."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    responses = chat_complete(model, tok, [[{"role": "user", "content": t.prompt}] for t in rows], max_new_tokens,
+    responses = chat_complete(model, tok, [r["prompt"] for r in rows], max_new_tokens,
                               temperature=temperature, generator=generator)
-    return [{"prompt": [{"role": "user", "content": t.prompt}], "response": text,
-             "labels": process.label_steps(t.prompt, text), "metadata": t.metadata, "family": t.family,
-             "injected": {"policy_sample": True}} for t, text in zip(rows, responses) if text.strip()]
+    return [{**r, "response": text, "labels": process.label_steps(r["prompt"][-1]["content"], text)}
+            for r, text in zip(rows, responses)]
+
+
+def policy_chains(model, tok, n, split, seed, device="cpu", per_prompt=8):
+    """n chains the policy writes itself (on-policy PRM data, as PRM800K and Math-Shepherd label their
+    own model's samples): per_prompt samples at T = 0.7 for each of n / per_prompt distinct prompts of
+    the split, labelled by the verifier. Replies with no text are dropped."""
+    rows = [r for r in step_prompts(-(-n // per_prompt), split, f"{seed}|policy") for _ in range(per_prompt)][:n]
+    return [{**r, "injected": {"policy_sample": True}} for r in sample_chains(model, tok, rows, seed, device)
+            if r["response"].strip()]
+
+
+def score_chains(prm, tok, path, device="cpu", chains=None):
+    """A step-labelled JSONL scored by the PRM -> (records, [(ids, ends, labels)], step scores per record);
+    chains: the file already loaded by load_chains."""
+    records = [r for _, r in read_jsonl(path)]
+    if chains is None:
+        chains, _ = load_chains(path, tok, prm.gpt.config.block_size)
+    return records, chains, step_scores(prm, tok, [r["prompt"] for r in records], [r["response"] for r in records], device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +239,7 @@ def train(cfg):
         write_jsonl(eval_path, process.chain_records(400, "eval", cfg.seed, cfg.wrong_step_rate,
                                                      operand_error_rate=cfg.operand_error_rate,
                                                      truncate_rate=cfg.truncate_rate))
-    held_out, _ = load_chains(eval_path, tok, max_len)
+    held_out, _ = load_chains(eval_path, tok, max_len)  # read now: a bad record stops before training, not after
     # the policy's own chains (sampled once, before the body trains; a resumed run reads them back)
     policy_path, policy_eval_path = os.path.join(out, "policy_chains.jsonl"), os.path.join(out, "policy_chains_eval.jsonl")
     if cfg.policy_samples and not (cfg.resume and os.path.exists(policy_eval_path)):
@@ -271,8 +291,7 @@ def train(cfg):
     save(cfg.steps)
 
     prm.eval()
-    eval_records = [r for _, r in read_jsonl(eval_path)]
-    scores = step_scores(prm, tok, [r["prompt"] for r in eval_records], [r["response"] for r in eval_records], device)
+    eval_records, _, scores = score_chains(prm, tok, eval_path, device, held_out)
     heldout = step_report(held_out, scores)
     by_family = {}
     for r, c, s in zip(eval_records, held_out, scores):
@@ -282,9 +301,8 @@ def train(cfg):
     heldout["step_accuracy_by_family"] = {f: step_report(c, s)["heldout_step_accuracy"] for f, (c, s) in sorted(by_family.items())}
     log.info(f"held-out step accuracy {heldout['heldout_step_accuracy']:.3f} {heldout['step_accuracy_by_family']}")
     if cfg.policy_samples:  # the same report on held-out chains the policy wrote itself
-        records = [r for _, r in read_jsonl(policy_eval_path)]
-        chains, _ = load_chains(policy_eval_path, tok, max_len)
-        policy = step_report(chains, step_scores(prm, tok, [r["prompt"] for r in records], [r["response"] for r in records], device))
+        _, chains, scores = score_chains(prm, tok, policy_eval_path, device)
+        policy = step_report(chains, scores)
         heldout["heldout_policy_samples"] = {"chains": len(chains), **policy}
         log.info(f"held-out step accuracy on the policy's own samples {policy['heldout_step_accuracy']:.3f} "
                  f"(correct steps {policy['accuracy_on_correct_steps']:.3f}, wrong {policy['accuracy_on_wrong_steps']:.3f})")
@@ -295,12 +313,6 @@ def train(cfg):
 
 # ----------------------------------------------------------------------------------------------
 # best-of-N reranking: python -m nanopost.prm rerank --prm CKPT --n 8
-
-def heldout_prompts(n, seed=0):
-    """Distinct held-out step-by-step prompts (§8 records: prompt, metadata for math_grader, family)."""
-    return [{"prompt": [{"role": "user", "content": t.prompt}], "metadata": t.metadata, "family": t.family}
-            for t in world.sample_tasks(n, "eval", seed, process.FAMILIES, unique=True)]
-
 
 def best_of_n(responses, scores, outcomes, steps_ok, n):
     """Per prompt (consecutive groups of n samples), the all-steps-correct indicator of the response
@@ -344,14 +356,12 @@ def rerank(argv=None):
     import train_sft
     policy = load_checkpoint(args.policy or cached_checkpoint("sft", train_sft.main, args.device, args.seed), device)["model"]
     policy.eval()
-    records = heldout_prompts(args.prompts, args.seed)
-    rows = [r for r in records for _ in range(args.n)]
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    responses = chat_complete(policy, tok, [r["prompt"] for r in rows], args.max_new_tokens,
-                              temperature=args.temperature, generator=generator)
+    records = step_prompts(args.prompts, "eval", args.seed)
+    rows = sample_chains(policy, tok, [r for r in records for _ in range(args.n)], args.seed, device,
+                         args.temperature, args.max_new_tokens)
+    responses, labels = [r["response"] for r in rows], [r["labels"] for r in rows]
     scores = [process.aggregate(s, how) for s in step_scores(prm, tok, [r["prompt"] for r in rows], responses, device)]
     outcomes = [g.get("math_grader", 0.0) for g in grade_many(responses, [r["metadata"] for r in rows])]
-    labels = [process.label_steps(r["prompt"][-1]["content"], text) for r, text in zip(rows, responses)]
     # a complete chain: every line correct *and* a correct final answer (a response that stops after one
     # correct line has no wrong line, but it is not a solution; PRM-rewarded RL learns to write those)
     steps_ok = [float(all(y) and o >= 1) for y, o in zip(labels, outcomes)]
@@ -384,10 +394,8 @@ def score(argv=None):
     args = p.parse_args(argv)
     device = pick_device(args.device)
     model, tok, _ = load_prm(args.prm, device)
-    chains, _ = load_chains(args.data, tok, model.gpt.config.block_size)
-    records = [r for _, r in read_jsonl(args.data)]
-    report = {"data": args.data, "chains": len(chains),
-              **step_report(chains, step_scores(model, tok, [r["prompt"] for r in records], [r["response"] for r in records], device))}
+    _, chains, scores = score_chains(model, tok, args.data, device)
+    report = {"data": args.data, "chains": len(chains), **step_report(chains, scores)}
     print(json.dumps(report))
     return report
 

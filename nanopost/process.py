@@ -236,7 +236,7 @@ def label_steps(prompt, response):
             continue
         labels.append(int(evaluate(lhs_tree) == value))
         state = new_state
-    if not ANSWER.fullmatch(line):  # stops before its answer: the last step, read at <|end|>, is wrong
+    if not ANSWER.fullmatch(response.split("\n")[-1].strip()):  # stops before its answer: the last step, read at <|end|>, is wrong
         labels[-1] = 0
     return labels
 
