@@ -102,6 +102,26 @@ class KVCache:
         return self.k[layer, :, :, :self.end], self.v[layer, :, :, :self.end]
 
 
+class PrefixKV:
+    """Keys/values of shared prompt prefixes, kept with their gradients: the G completions of one
+    prompt (a GRPO group) attend to one forward of it instead of G copies (prefix sharing). Exact:
+    the same attention over the same keys; autograd sums each prefix's gradient over its rows.
+    While recording (the forward of the U distinct prefixes, right-padded) update() stores each
+    layer's k, v (U, H, P, D) and returns them; then row b's keys are its prefix's (prefix_of[b])
+    followed by its own: (B, H, P + T, D). The caller's mask hides a prefix's padding."""
+
+    def __init__(self, prefix_of):
+        self.prefix_of, self.k, self.v, self.recording = prefix_of, [], [], True
+
+    def update(self, layer, k, v):
+        if self.recording:
+            self.k.append(k)
+            self.v.append(v)
+            return k, v
+        return (torch.cat([self.k[layer][self.prefix_of], k], dim=2),
+                torch.cat([self.v[layer][self.prefix_of], v], dim=2))
+
+
 class Dropout(nn.Module):
     """Inverted dropout, x * 1[u >= p] / (1 - p) with u ~ U[0, 1): nn.Dropout's maths. On a CPU the
     mask comes from uniforms, which torch draws about twice as fast as its Bernoulli samples (at
@@ -218,14 +238,25 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, pos=None, attn_mask=None, kv_cache=None, return_hidden=False, keep=None):
+    def forward(self, idx, pos=None, attn_mask=None, kv_cache=None, return_hidden=False, keep=None, prefix=None):
         """idx (B, T) token ids; pos (B, T) positions (default 0..T-1; decoding passes each row's);
         attn_mask (B, 1, T, T_keys) bool, True = may attend (default: causal), or a flex-attention
         BlockMask (document_block_mask).
         Returns logits (B, T, V), or the final hidden states (B, T, C) for the reward/value heads.
         keep (B, T) bool: only those positions reach the head, returned as (n, V) / (n, C) in
         row-major order; a loss that reads a third of the positions (SFT's targets, RL's
-        completion tokens) then pays lm_head and the softmax for that third only."""
+        completion tokens) then pays lm_head and the softmax for that third only.
+        prefix (prefix_idx (U, P), prefix_of (B,)): row b continues prefix row prefix_of[b] (at
+        positions 0..P-1, right-padded), which runs once for all the rows that share it (PrefixKV);
+        attn_mask is then (B, 1, T, P + T): the prefix's real positions, then the row's own keys."""
+        if prefix is not None:
+            prefix_idx, prefix_of = prefix
+            kv_cache = PrefixKV(prefix_of)
+            x = self.transformer.drop(self.transformer.wte(prefix_idx) + self.transformer.wpe(
+                torch.arange(prefix_idx.size(1), device=idx.device)))  # (U, P, C)
+            for i, block in enumerate(self.transformer.h):  # records each layer's keys/values
+                x = block(x, None, kv_cache, i)
+            kv_cache.recording = False
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)

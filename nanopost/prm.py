@@ -378,6 +378,10 @@ def rerank(argv=None):
         picks = best_of_n([responses[j] for j in rows_kept], [scores[j] for j in rows_kept],
                           [outcomes[j] for j in rows_kept], [steps_ok[j] for j in rows_kept], args.n)
         summary[f"all_steps_correct/{family}"] = {rule: mean(v) for rule, v in picks.items()}
+        for rule in ("prm", "outcome_then_prm"):  # paired, prompt by prompt, against the outcome reward's pick
+            diffs = [a - b for a, b in zip(picks[rule], picks["outcome"])]
+            summary[f"{rule}_minus_outcome/{family}"] = {"mean": mean(diffs), "prompts_better": sum(d > 0 for d in diffs),
+                                                         "prompts_worse": sum(d < 0 for d in diffs)}
         summary[f"prompts/{family}"] = len(keep)
     summary["wall_s"] = time.time() - t0
     print(json.dumps(summary))

@@ -84,18 +84,48 @@ def completion_positions(batch, rows=slice(None)):
     return (start[:, None] - 1 + torch.arange(N, device=start.device)[None, :]).clamp(max=L - 2)
 
 
+def shared_prefixes(idx, start):
+    """The rows' prompts minus their last token, each distinct one once: (prefix_idx (U, P)
+    right-padded, prefix_of (b,)), or None when no two rows share a prompt (nothing to save)."""
+    rows = [tuple(r[:s - 1]) for r, s in zip(idx.tolist(), start.tolist())]
+    distinct = list(dict.fromkeys(rows))  # first-seen order
+    P = max(map(len, distinct))
+    if len(distinct) == len(rows) or P == 0:
+        return None
+    where = {p: i for i, p in enumerate(distinct)}
+    prefix_idx = torch.tensor([list(p) + [0] * (P - len(p)) for p in distinct], device=idx.device)
+    return prefix_idx, torch.tensor([where[p] for p in rows], device=idx.device)
+
+
 def completion_logprobs(model, batch, temperature=1.0, rows=slice(None), with_entropy=False):
     """log π(completion token | prefix) at temperature, (b, N), 0 past a row's end (batch.mask).
     Right padding: plain causal attention suffices. Only the positions that predict a completion
-    token reach lm_head (the prompt's do not). with_entropy also returns the policy's entropy per
-    completion position (no gradient)."""
+    token reach lm_head (the prompt's do not). Rows that share a prompt (a GRPO group) share its
+    forward (model.PrefixKV): all but its last token run once, and each row runs that last token
+    and its completion attending to the shared keys; a group of 8 with 62 prompt and 32 completion
+    tokens then costs 62 + 8·33 positions instead of 8·94. with_entropy also returns the policy's
+    entropy per completion position (no gradient)."""
     idx, mask = batch.idx[rows], batch.mask[rows].bool()          # (b, L), (b, N)
     start = batch.start[rows]
-    p = torch.arange(idx.size(1) - 1, device=idx.device)[None, :]  # (1, L-1)
-    keep = (p >= start[:, None] - 1) & (p < start[:, None] - 1 + mask.sum(1, keepdim=True))  # (b, L-1)
-    logits = model(idx[:, :-1], keep=keep)                         # (n, V), row-major like mask's True
+    n = mask.sum(1, keepdim=True)                                  # (b, 1) completion lengths
+    prefix = shared_prefixes(idx, start)
+    if prefix is None:  # one causal forward of each whole row
+        p = torch.arange(idx.size(1) - 1, device=idx.device)[None, :]  # (1, L-1)
+        keep = (p >= start[:, None] - 1) & (p < start[:, None] - 1 + n)  # (b, L-1)
+        logits = model(idx[:, :-1], keep=keep)                     # (n, V), row-major like mask's True
+        targets = idx[:, 1:][keep]
+    else:  # row b: its last prompt token, then its completion, at positions start_b - 1 onwards
+        T, P = max(int(n.max()), 1), prefix[0].size(1)
+        j = torch.arange(T, device=idx.device)[None, :]           # (1, T)
+        inputs = torch.cat([idx.gather(1, start[:, None] - 1), batch.completion[rows][:, :T - 1]], dim=1)  # (b, T)
+        before = torch.arange(P, device=idx.device)[None, :] < start[:, None] - 1  # (b, P) the prefix's real keys
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        visible = torch.cat([before[:, None, :].expand(-1, T, -1), causal.expand(idx.size(0), -1, -1)], dim=2)
+        keep = j < n                                               # (b, T): input j predicts completion token j
+        logits = model(inputs, pos=start[:, None] - 1 + j, attn_mask=visible[:, None], keep=keep, prefix=prefix)
+        targets = batch.completion[rows][:, :T][keep]
     zeros = torch.zeros(mask.shape, device=idx.device)
-    logprobs = zeros.masked_scatter(mask, token_logprobs(logits, idx[:, 1:][keep], temperature))  # (b, N)
+    logprobs = zeros.masked_scatter(mask, token_logprobs(logits, targets, temperature))  # (b, N)
     if not with_entropy:
         return logprobs
     with torch.no_grad():

@@ -278,3 +278,7 @@ def test_prm_as_rl_reward_and_for_reranking(sft, trained_prm, tmp_path):
     assert result["prompts"] == 3 and set(result["all_steps_correct/all"]) == {"prm", "outcome", "outcome_then_prm", "random", "oracle"}
     # a complete, correct chain ends in a correct answer: never more of them than correct answers
     assert result["sample_all_steps_correct"] <= result["sample_answer_correct"]
+    # the paired report is the difference of the picks' means, prompt by prompt
+    rates, paired = result["all_steps_correct/all"], result["outcome_then_prm_minus_outcome/all"]
+    assert paired["mean"] == pytest.approx(rates["outcome_then_prm"] - rates["outcome"])
+    assert paired["prompts_better"] + paired["prompts_worse"] <= result["prompts"]

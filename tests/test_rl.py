@@ -156,6 +156,52 @@ def test_completion_logprobs_per_row_against_full_forward():
             assert (lp[b, len(c):] == 0).all() and (entropy[b, len(c):] == 0).all()
 
 
+def test_shared_prompt_forward_equals_separate_rows():
+    """GRPO rows that share a prompt share its forward (model.PrefixKV): log-probs, entropies and
+    the gradients of a loss on them equal a separate causal forward of each whole row (a float64
+    model; the log-probs come back as float32),
+    with groups, prompts of different lengths, a one-token prompt and uneven completions."""
+    from nanopost.model import GPT, GPTConfig
+    from nanopost.rollout import Rollouts, shared_prefixes
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).double()
+    prompts = [[3, 4, 5, 6, 7]] * 3 + [[8]] * 2 + [[9, 10, 11]] * 2 + [[12, 13]]
+    completions = [[12, 13], [14, 15, 16, 17], [18], [19, 20], [21], [22, 23, 24], [25], [26, 27]]
+    N, L = 4, max(len(p) + len(c) for p, c in zip(prompts, completions))
+    B = len(prompts)
+    idx = torch.zeros(B, L, dtype=torch.long)
+    completion, mask = torch.zeros(B, N, dtype=torch.long), torch.zeros(B, N)
+    for b, (p, c) in enumerate(zip(prompts, completions)):
+        idx[b, :len(p) + len(c)] = torch.tensor(p + c)
+        completion[b, :len(c)], mask[b, :len(c)] = torch.tensor(c), 1
+    batch = Rollouts(idx=idx, start=torch.tensor([len(p) for p in prompts]), completion=completion, mask=mask,
+                     sampler_logprobs=None, truncated=None, texts=None, rewards=None, graded=None, new_tokens=0,
+                     sample_s=0.0, grade_s=0.0)
+    prefix_idx, prefix_of = shared_prefixes(idx, batch.start)
+    assert prefix_idx.tolist() == [[3, 4, 5, 6], [0, 0, 0, 0], [9, 10, 0, 0], [12, 0, 0, 0]]
+    assert prefix_of.tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
+    weights = torch.randn(B, N, dtype=torch.float64)
+    lp, entropy = completion_logprobs(model, batch, temperature=0.8, with_entropy=True)
+    (lp * weights).sum().backward()
+    shared_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss = 0
+    for b, (p, c) in enumerate(zip(prompts, completions)):
+        logp = torch.log_softmax(model(torch.tensor([p + c]))[0] / 0.8, dim=-1)  # (T, V)
+        at = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+        ref = logp[at, torch.tensor(c)]
+        torch.testing.assert_close(lp[b, :len(c)], ref.detach().float(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(entropy[b, :len(c)], -(logp[at].exp() * logp[at]).sum(-1).detach().float(),
+                                   atol=1e-6, rtol=0)
+        assert (lp[b, len(c):] == 0).all()
+        loss = loss + (ref * weights[b, :len(c)]).sum()
+    loss.backward()
+    for shared, separate in zip(shared_grads, model.parameters()):
+        torch.testing.assert_close(shared, separate.grad, atol=1e-6, rtol=1e-5)
+    # a micro-batch of rows that share nothing takes the one-forward path
+    assert shared_prefixes(idx[[0, 3]], batch.start[[0, 3]]) is None
+
+
 def test_rollout_layout(eager, rl_recs):
     model, tok = eager
     records, suites = rl_recs
