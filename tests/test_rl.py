@@ -128,24 +128,30 @@ def test_sampler_logprobs_equal_training_forward(eager, rl_recs, temperature):
     assert float((other - batch.sampler_logprobs)[real].abs().max()) > 1e-2
 
 
+def hand_rollouts(prompts, completions):
+    """A Rollouts batch laid out as sample_rollouts does (right-padded prompt + completion rows)
+    from token lists, for the forward tests."""
+    from nanopost.rollout import Rollouts
+    B, N, L = len(prompts), max(map(len, completions)), max(len(p) + len(c) for p, c in zip(prompts, completions))
+    idx = torch.zeros(B, L, dtype=torch.long)
+    completion, mask = torch.zeros(B, N, dtype=torch.long), torch.zeros(B, N)
+    for b, (p, c) in enumerate(zip(prompts, completions)):
+        idx[b, :len(p) + len(c)] = torch.tensor(p + c)
+        completion[b, :len(c)], mask[b, :len(c)] = torch.tensor(c), 1
+    return Rollouts(idx=idx, start=torch.tensor([len(p) for p in prompts]), completion=completion, mask=mask,
+                    sampler_logprobs=None, truncated=None, texts=None, rewards=None, graded=None, new_tokens=0,
+                    sample_s=0.0, grade_s=0.0)
+
+
 def test_completion_logprobs_per_row_against_full_forward():
     """Rows with different prompt and completion lengths: completion_logprobs (only completion
     positions reach lm_head, scattered back row by row) equals log_softmax of a plain forward of
     each row alone, and is 0 past each row's end; entropy likewise."""
     from nanopost.model import GPT, GPTConfig
-    from nanopost.rollout import Rollouts
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).eval()
     prompts, completions = [[3, 4, 5, 6, 7], [8], [9, 10, 11]], [[12, 13], [14, 15, 16, 17], [18]]
-    N, L = 4, max(len(p) + len(c) for p, c in zip(prompts, completions))
-    idx = torch.zeros(3, L, dtype=torch.long)
-    completion, mask = torch.zeros(3, N, dtype=torch.long), torch.zeros(3, N)
-    for b, (p, c) in enumerate(zip(prompts, completions)):
-        idx[b, :len(p) + len(c)] = torch.tensor(p + c)
-        completion[b, :len(c)], mask[b, :len(c)] = torch.tensor(c), 1
-    batch = Rollouts(idx=idx, start=torch.tensor([len(p) for p in prompts]), completion=completion, mask=mask,
-                     sampler_logprobs=None, truncated=None, texts=None, rewards=None, graded=None, new_tokens=0,
-                     sample_s=0.0, grade_s=0.0)
+    batch = hand_rollouts(prompts, completions)
     with torch.no_grad():
         lp, entropy = completion_logprobs(model, batch, temperature=0.8, with_entropy=True)
         for b, (p, c) in enumerate(zip(prompts, completions)):
@@ -162,21 +168,13 @@ def test_shared_prompt_forward_equals_separate_rows():
     model; the log-probs come back as float32),
     with groups, prompts of different lengths, a one-token prompt and uneven completions."""
     from nanopost.model import GPT, GPTConfig
-    from nanopost.rollout import Rollouts, shared_prefixes
+    from nanopost.rollout import shared_prefixes
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).double()
     prompts = [[3, 4, 5, 6, 7]] * 3 + [[8]] * 2 + [[9, 10, 11]] * 2 + [[12, 13]]
     completions = [[12, 13], [14, 15, 16, 17], [18], [19, 20], [21], [22, 23, 24], [25], [26, 27]]
-    N, L = 4, max(len(p) + len(c) for p, c in zip(prompts, completions))
-    B = len(prompts)
-    idx = torch.zeros(B, L, dtype=torch.long)
-    completion, mask = torch.zeros(B, N, dtype=torch.long), torch.zeros(B, N)
-    for b, (p, c) in enumerate(zip(prompts, completions)):
-        idx[b, :len(p) + len(c)] = torch.tensor(p + c)
-        completion[b, :len(c)], mask[b, :len(c)] = torch.tensor(c), 1
-    batch = Rollouts(idx=idx, start=torch.tensor([len(p) for p in prompts]), completion=completion, mask=mask,
-                     sampler_logprobs=None, truncated=None, texts=None, rewards=None, graded=None, new_tokens=0,
-                     sample_s=0.0, grade_s=0.0)
+    batch = hand_rollouts(prompts, completions)
+    B, N, idx = len(prompts), batch.completion.size(1), batch.idx
     prefix_idx, prefix_of = shared_prefixes(idx, batch.start)
     assert prefix_idx.tolist() == [[3, 4, 5, 6], [0, 0, 0, 0], [9, 10, 0, 0], [12, 0, 0, 0]]
     assert prefix_of.tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
