@@ -5,6 +5,7 @@ Plain functions on python / numpy values:
   pass_at_k            - unbiased pass@k from n samples with c correct (Chen et al. 2021)
   wilson_interval      - confidence interval for a rate (good at small n and near 0 or 1)
   bootstrap_interval   - percentile bootstrap interval for any statistic (default: the mean)
+  sign_test            - two-sided exact sign test for paired wins and losses
   mean_with_interval,
   rate_with_interval   - the same, packed as dicts for reports
   bradley_terry        - log-strengths from pairwise outcomes, P(i beats j) = sigmoid(s_i - s_j)
@@ -107,6 +108,13 @@ def bootstrap_interval(values, statistic=None, n_resamples=2000, confidence=0.95
     alpha = 1 - confidence
     low, high = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def sign_test(wins, losses):
+    """Two-sided exact sign test: the chance that a fair coin splits wins + losses tosses at least
+    this unevenly, p = min(1, 2 * sum_{i <= min(w, l)} C(n, i) / 2^n). Ties are left out before."""
+    n, k = wins + losses, min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
 
 
 def mean_with_interval(values, **kw):

@@ -32,6 +32,7 @@ from nanopost import process, world
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.data import load_records, read_jsonl, write_jsonl
+from nanopost.evals import bootstrap_interval, sign_test
 from nanopost.evaluate import chat_complete
 from nanopost.graders import grade, grade_many
 from nanopost.losses import token_logprobs
@@ -314,22 +315,39 @@ def train(cfg):
 # ----------------------------------------------------------------------------------------------
 # best-of-N reranking: python -m nanopost.prm rerank --prm CKPT --n 8
 
-def best_of_n(responses, scores, outcomes, steps_ok, n):
+def best_of_n(scores, outcomes, steps_ok, n, baseline_scores=None):
     """Per prompt (consecutive groups of n samples), the all-steps-correct indicator of the response
     each rule picks: the highest PRM score; the highest outcome reward (every correct final answer
     ties: the expectation over the tied ones); a random sample (the expectation: the group's mean);
     the highest outcome reward with the PRM breaking its ties (a verifier where one exists, the PRM where it
-    cannot see); and the oracle (some sample is all-steps-correct). Returns {rule: [value per prompt]}."""
+    cannot see); the oracle (some sample is all-steps-correct); and, given baseline_scores, the highest
+    score of a second reward model (e.g. an ORM). Returns {rule: [value per prompt]}."""
     picks = {"prm": [], "outcome": [], "outcome_then_prm": [], "random": [], "oracle": []}
-    for lo in range(0, len(responses), n):
+    if baseline_scores is not None:
+        picks["baseline"] = []
+    argmax = lambda values, among: max(among, key=lambda i: values[i])
+    for lo in range(0, len(scores), n):
         s, o, ok = scores[lo:lo + n], outcomes[lo:lo + n], steps_ok[lo:lo + n]
-        picks["prm"].append(ok[max(range(len(s)), key=lambda i: s[i])])
-        tied = [i for i in range(len(o)) if o[i] == max(o)]
+        everyone = range(len(s))
+        picks["prm"].append(ok[argmax(s, everyone)])
+        tied = [i for i in everyone if o[i] == max(o)]
         picks["outcome"].append(sum(ok[i] for i in tied) / len(tied))
-        picks["outcome_then_prm"].append(ok[max(tied, key=lambda i: s[i])])  # the PRM breaks the outcome's ties
+        picks["outcome_then_prm"].append(ok[argmax(s, tied)])  # the PRM breaks the outcome's ties
         picks["random"].append(sum(ok) / len(ok))
         picks["oracle"].append(float(any(ok)))
+        if baseline_scores is not None:
+            picks["baseline"].append(ok[argmax(baseline_scores[lo:lo + n], everyone)])
     return picks
+
+
+def paired_difference(a, b):
+    """Prompt by prompt, a - b (each a pick averaged over sample sets): the mean with its 95% bootstrap
+    interval over prompts, the prompts where a is better / worse, and the two-sided sign test over them."""
+    diffs = [x - y for x, y in zip(a, b)]
+    better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    low, high = bootstrap_interval(diffs)
+    return {"mean": sum(diffs) / len(diffs), "ci95": [low, high], "prompts_better": better,
+            "prompts_worse": worse, "sign_p": sign_test(better, worse)}
 
 
 def rerank(argv=None):
@@ -339,49 +357,71 @@ def rerank(argv=None):
                                             "picking by PRM score, by outcome reward "
                                             "(math_grader on the final answer) or at random.")
     p.add_argument("--prm", required=True, help="process reward model checkpoint (train_rm.py --kind prm)")
+    p.add_argument("--baseline", default="", help="a second reward model scored on the same samples, e.g. an ORM "
+                                                   "(train_rm.py --kind prm --prm_labels outcome); its picks are "
+                                                   "compared with the PRM's prompt by prompt")
     p.add_argument("--policy", default="", help="the model that samples (default: the cached SFT model)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt (N)")
     p.add_argument("--prompts", type=int, default=200, help="held-out prompts at most (distinct)")
+    p.add_argument("--seeds", type=int, default=1, help="independent sets of N samples on the same prompts "
+                                                        "(sampling seeds seed .. seed + seeds - 1); each pick is "
+                                                        "averaged over them per prompt")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 with --n 1: greedy)")
     p.add_argument("--aggregate", default="", help="min | product | last (default: the PRM's own)")
     p.add_argument("--max_new_tokens", type=int, default=48, help="tokens per response at most")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and of the first sample set")
     p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
     p.add_argument("--out", default="", help="write every sample with its labels and scores to this JSONL")
     args = p.parse_args(argv)
+    if args.n < 1 or args.seeds < 1:
+        raise ValueError(f"--n and --seeds must be >= 1, got {args.n} and {args.seeds}")
     t0 = time.time()
     device = pick_device(args.device)
     prm, tok, how = load_prm(args.prm, device)
     how = args.aggregate or how
+    baseline = load_prm(args.baseline, device) if args.baseline else None
     import train_sft
     policy = load_checkpoint(args.policy or cached_checkpoint("sft", train_sft.main, args.device, args.seed), device)["model"]
     policy.eval()
     records = step_prompts(args.prompts, "eval", args.seed)
-    rows = sample_chains(policy, tok, [r for r in records for _ in range(args.n)], args.seed, device,
-                         args.temperature, args.max_new_tokens)
-    responses, labels = [r["response"] for r in rows], [r["labels"] for r in rows]
-    scores = [process.aggregate(s, how) for s in step_scores(prm, tok, [r["prompt"] for r in rows], responses, device)]
-    outcomes = [g.get("math_grader", 0.0) for g in grade_many(responses, [r["metadata"] for r in rows])]
-    # a complete chain: every line correct *and* a correct final answer (a response that stops after one
-    # correct line has no wrong line, but it is not a solution; PRM-rewarded RL learns to write those)
-    steps_ok = [float(all(y) and o >= 1) for y, o in zip(labels, outcomes)]
+    samples = []  # one dict per sample, sample sets one after the other
+    for k in range(args.seeds):
+        rows = sample_chains(policy, tok, [r for r in records for _ in range(args.n)], args.seed + k, device,
+                             args.temperature, args.max_new_tokens)
+        responses, prompts = [r["response"] for r in rows], [r["prompt"] for r in rows]
+        scores = [process.aggregate(s, how) for s in step_scores(prm, tok, prompts, responses, device)]
+        base = ([process.aggregate(s, baseline[2]) for s in step_scores(baseline[0], tok, prompts, responses, device)]
+                if baseline else [None] * len(rows))
+        outcomes = [g.get("math_grader", 0.0) for g in grade_many(responses, [r["metadata"] for r in rows])]
+        for r, s, b, o in zip(rows, scores, base, outcomes):
+            # a complete chain: every line correct *and* a correct final answer (a response that stops after one
+            # correct line has no wrong line, but it is not a solution; PRM-rewarded RL learns to write those)
+            samples.append({"prompt": r["prompt"], "response": r["response"], "labels": r["labels"], "prm_score": s,
+                            **({"baseline_score": b} if baseline else {}), "outcome": o, "family": r["family"],
+                            "sample_set": k, "all_steps_correct": float(all(r["labels"]) and o >= 1)})
     if args.out:
-        write_jsonl(args.out, [{"prompt": r["prompt"], "response": text, "labels": y, "prm_score": s, "outcome": o,
-                                "family": r["family"]} for r, text, y, s, o in zip(rows, responses, labels, scores, outcomes)])
+        write_jsonl(args.out, samples)
     mean = lambda xs: sum(xs) / max(len(xs), 1)
-    summary = {"n": args.n, "prompts": len(records), "temperature": args.temperature, "aggregate": how,
-               "sample_all_steps_correct": mean(steps_ok), "sample_answer_correct": mean(outcomes),
-               "answer_correct_but_a_wrong_step": mean([o >= 1 and not ok for o, ok in zip(outcomes, steps_ok)])}
+    column = lambda key: [x[key] for x in samples]
+    summary = {"n": args.n, "prompts": len(records), "seeds": args.seeds, "temperature": args.temperature,
+               "aggregate": how, "baseline": args.baseline or None,
+               "sample_all_steps_correct": mean(column("all_steps_correct")), "sample_answer_correct": mean(column("outcome")),
+               "answer_correct_but_a_wrong_step": mean([x["outcome"] >= 1 and not x["all_steps_correct"] for x in samples])}
+    per_set = len(records) * args.n
     for family in ["all"] + sorted(process.FAMILIES):
         keep = [i for i, r in enumerate(records) if family in ("all", r["family"])]
-        rows_kept = [j for i in keep for j in range(i * args.n, (i + 1) * args.n)]
-        picks = best_of_n([responses[j] for j in rows_kept], [scores[j] for j in rows_kept],
-                          [outcomes[j] for j in rows_kept], [steps_ok[j] for j in rows_kept], args.n)
+        by_set = []  # each sample set's picks, {rule: [value per kept prompt]}
+        for k in range(args.seeds):
+            rows = [samples[k * per_set + j] for i in keep for j in range(i * args.n, (i + 1) * args.n)]
+            by_set.append(best_of_n([x["prm_score"] for x in rows], [x["outcome"] for x in rows],
+                                    [x["all_steps_correct"] for x in rows], args.n,
+                                    [x["baseline_score"] for x in rows] if baseline else None))
+        picks = {rule: [mean([s[rule][i] for s in by_set]) for i in range(len(keep))] for rule in by_set[0]}
         summary[f"all_steps_correct/{family}"] = {rule: mean(v) for rule, v in picks.items()}
-        for rule in ("prm", "outcome_then_prm"):  # paired, prompt by prompt, against the outcome reward's pick
-            diffs = [a - b for a, b in zip(picks[rule], picks["outcome"])]
-            summary[f"{rule}_minus_outcome/{family}"] = {"mean": mean(diffs), "prompts_better": sum(d > 0 for d in diffs),
-                                                         "prompts_worse": sum(d < 0 for d in diffs)}
+        # paired, prompt by prompt: the PRM's picks against the outcome reward's and the baseline's
+        comparisons = [("prm", "outcome"), ("outcome_then_prm", "outcome")] + ([("prm", "baseline")] if baseline else [])
+        for a, b in comparisons:
+            summary[f"{a}_minus_{b}/{family}"] = paired_difference(picks[a], picks[b]) if keep else None
         summary[f"prompts/{family}"] = len(keep)
     summary["wall_s"] = time.time() - t0
     print(json.dumps(summary))

@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from nanopost import checks, dedup
 from nanopost.data import DataError, load_records, read_jsonl, write_jsonl
+from nanopost.evals import sign_test
 from nanopost.graders import code_grader, make_suite
 
 CHECK_ORDER = ["contamination", "code", "reasoning", "math_label", "contradiction", "answer_format", "judge",
@@ -249,13 +250,6 @@ def print_table(summary):
 # ------------------------------------------------------------------- does filtering help training?
 
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # t_{0.975, df} for df = 1..10
-
-
-def sign_test(wins, losses):
-    """Two-sided exact sign test: the chance that a fair coin splits wins + losses tosses at least
-    this unevenly, p = min(1, 2 * sum_{i <= min(w, l)} C(n, i) / 2^n). Ties are left out before."""
-    n, k = wins + losses, min(wins, losses)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
 
 
 def compare_runs(pairs, prompts=None):

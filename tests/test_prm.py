@@ -225,11 +225,15 @@ def test_best_of_n_picks():
     ok = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]     # two prompts, N = 3
     scores = [0.9, 0.1, 0.5, 0.8, 0.2, 0.3]
     outcomes = [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
-    picks = prm.best_of_n(ok, scores, outcomes, ok, 3)
+    picks = prm.best_of_n(scores, outcomes, ok, 3, baseline_scores=[0.1, 0.9, 0.5, 0.1, 0.2, 0.9])
     assert picks["prm"] == [1.0, 0.0]
+    assert picks["baseline"] == [0.0, 1.0]  # a second reward model's own argmax
     assert picks["outcome"] == [0.5, 0.5]   # the correct final answers tie
     assert picks["outcome_then_prm"] == [1.0, 0.0]  # the PRM picks among those: 0.9 (right), 0.8 (wrong)
     assert picks["random"] == pytest.approx([1 / 3, 1 / 3]) and picks["oracle"] == [1.0, 1.0]
+    paired = prm.paired_difference([1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 1.0, 0.0])
+    assert paired["mean"] == 0.25 and (paired["prompts_better"], paired["prompts_worse"]) == (2, 1)
+    assert paired["sign_p"] == 1.0 and paired["ci95"][0] <= 0.25 <= paired["ci95"][1]  # 2 * (1 + 3) / 2^3, capped at 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,9 +277,16 @@ def test_prm_as_rl_reward_and_for_reranking(sft, trained_prm, tmp_path):
         assert "rewards/process_reward_model/mean" in json.loads(f.readline())
     with pytest.raises(ValueError, match="not a process-reward-model checkpoint"):
         train_rl.main(["--init", sft, "--out", str(tmp_path / "x"), "--reward", f"prm:{sft}", "--steps", "1"])
-    result = prm.rerank(["--prm", f"{trained_prm[0]}/ckpt", "--policy", sft, "--n", "2", "--prompts", "3",
-                         "--max_new_tokens", "8", "--device", "cpu"])
-    assert result["prompts"] == 3 and set(result["all_steps_correct/all"]) == {"prm", "outcome", "outcome_then_prm", "random", "oracle"}
+    ckpt = f"{trained_prm[0]}/ckpt"
+    result = prm.rerank(["--prm", ckpt, "--policy", sft, "--n", "2", "--prompts", "3", "--seeds", "2",
+                         "--max_new_tokens", "8", "--device", "cpu", "--baseline", ckpt, "--out", str(tmp_path / "s.jsonl")])
+    assert result["prompts"] == 3 and result["seeds"] == 2
+    assert set(result["all_steps_correct/all"]) == {"prm", "outcome", "outcome_then_prm", "random", "oracle", "baseline"}
+    samples = [json.loads(line) for line in open(tmp_path / "s.jsonl")]
+    assert len(samples) == 3 * 2 * 2 and [s["sample_set"] for s in samples] == [0] * 6 + [1] * 6
+    # the PRM as its own baseline: the same picks, so the paired difference is exactly 0
+    same = result["prm_minus_baseline/all"]
+    assert same["mean"] == 0 and same["prompts_better"] == same["prompts_worse"] == 0 and same["sign_p"] == 1.0
     # a complete, correct chain ends in a correct answer: never more of them than correct answers
     assert result["sample_all_steps_correct"] <= result["sample_answer_correct"]
     # the paired report is the difference of the picks' means, prompt by prompt
