@@ -343,7 +343,7 @@ def best_of_n(scores, outcomes, steps_ok, n, baseline_scores=None):
 def paired_difference(a, b):
     """Prompt by prompt, a - b (each a pick averaged over sample sets): the mean with its 95% bootstrap
     interval over prompts, the prompts where a is better / worse, and the two-sided sign test over them."""
-    diffs = [x - y for x, y in zip(a, b)]
+    diffs = [round(x - y, 12) for x, y in zip(a, b)]  # averaged fractions: an exact tie must stay 0, not ±1e-17
     better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     low, high = bootstrap_interval(diffs)
     return {"mean": sum(diffs) / len(diffs), "ci95": [low, high], "prompts_better": better,
@@ -380,6 +380,9 @@ def rerank(argv=None):
     prm, tok, how = load_prm(args.prm, device)
     how = args.aggregate or how
     baseline = load_prm(args.baseline, device) if args.baseline else None
+    vocab = lambda t: (t.pattern, t.mergeable_ranks, t.special_tokens)
+    if baseline and vocab(baseline[1]) != vocab(tok):
+        raise ValueError(f"--baseline {args.baseline} has another tokenizer than --prm {args.prm}: it must score the same token ids")
     import train_sft
     policy = load_checkpoint(args.policy or cached_checkpoint("sft", train_sft.main, args.device, args.seed), device)["model"]
     policy.eval()

@@ -122,7 +122,10 @@ def completion_logprobs(model, batch, temperature=1.0, rows=slice(None), with_en
         causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
         visible = torch.cat([before[:, None, :].expand(-1, T, -1), causal.expand(idx.size(0), -1, -1)], dim=2)
         keep = j < n                                               # (b, T): input j predicts completion token j
-        logits = model(inputs, pos=start[:, None] - 1 + j, attn_mask=visible[:, None], keep=keep, prefix=prefix)
+        # padding past a row's end repeats its last position: nobody reads it, and a long prompt's row
+        # padded to another row's long completion must not step past the context
+        pos = start[:, None] - 1 + torch.minimum(j, (n - 1).clamp(min=0))  # (b, T)
+        logits = model(inputs, pos=pos, attn_mask=visible[:, None], keep=keep, prefix=prefix)
         targets = batch.completion[rows][:, :T][keep]
     zeros = torch.zeros(mask.shape, device=idx.device)
     logprobs = zeros.masked_scatter(mask, token_logprobs(logits, targets, temperature))  # (b, N)

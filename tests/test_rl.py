@@ -200,6 +200,21 @@ def test_shared_prompt_forward_equals_separate_rows():
     assert shared_prefixes(idx[[0, 3]], batch.start[[0, 3]]) is None
 
 
+def test_shared_prompt_forward_near_the_context_end():
+    """A long prompt's rows padded to another row's long completion: the padding's positions would pass
+    the context (block_size 16), yet every row fits it; the result equals separate rows."""
+    from nanopost.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=8)).double().eval()
+    prompts, completions = [[1] * 14, [1] * 14, [5]], [[3, 4], [6], [7] * 14]
+    with torch.no_grad():
+        lp = completion_logprobs(model, hand_rollouts(prompts, completions))
+        for b, (p, c) in enumerate(zip(prompts, completions)):
+            logp = torch.log_softmax(model(torch.tensor([p + c]))[0], dim=-1)
+            ref = logp[torch.arange(len(p) - 1, len(p) + len(c) - 1), torch.tensor(c)]
+            torch.testing.assert_close(lp[b, :len(c)], ref.float(), atol=1e-6, rtol=0)
+
+
 def test_rollout_layout(eager, rl_recs):
     model, tok = eager
     records, suites = rl_recs
