@@ -51,7 +51,8 @@ import train_rl
 from nanopost import world
 from nanopost.checkpoint import save_checkpoint
 from nanopost.common import RunLog, pick_device, set_seed
-from nanopost.model import GPT, GPTConfig, generate, peak_flops
+from nanopost.model import GPT, GPTConfig, peak_flops
+from nanopost.sampling import generate
 from nanopost.nexttoken import EpochBatches, NextTokenConfig, padding_efficiency, train_steps
 from nanopost.tokenizer import Tokenizer, render_conversation, render_prompt
 

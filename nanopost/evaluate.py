@@ -11,7 +11,7 @@ import re
 import torch
 
 from nanopost.graders import grade_many
-from nanopost.model import generate
+from nanopost.sampling import generate
 from nanopost.tokenizer import render_prompt
 
 

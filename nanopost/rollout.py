@@ -18,7 +18,7 @@ import torch
 from nanopost.evaluate import decode_completions
 from nanopost.graders import combine, grade_many
 from nanopost.losses import token_logprobs
-from nanopost.model import generate
+from nanopost.sampling import generate
 from nanopost.tokenizer import render_prompt
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from nanopost.losses import token_logprobs
-from nanopost.model import GPT, GPTConfig, KVCache, document_mask, generate, sample_next
+from nanopost.model import GPT, GPTConfig, KVCache, document_mask
+from nanopost.sampling import generate, sample_next
 
 V = 97
 SMALL = dict(block_size=64, vocab_size=V, n_layer=2, n_head=2, n_embd=32)
