@@ -7,6 +7,7 @@ of prompt + response, trained with the Bradley-Terry loss on chosen/rejected pai
     python train_rm.py --labels ai                # pairs sampled from the SFT model, labelled by the AI judge (§6)
     python train_rl.py --algo grpo --reward rm:runs/rm/ckpt   # then use it as the RL reward (RLHF)
     python train_rm.py --reward_logp 0.5 --head_lr 3e-3   # + 0.5 · log π(response | prompt) of the body (see below)
+    python train_rm.py --init SFT --reward_logp 0.1 --logp_frozen   # + 0.1 · log π of a frozen copy of SFT
     python train_rm.py --kind prm                 # a process reward model instead (§6, nanopost/prm.py)
 
 Loss per pair (InstructGPT / Bradley-Terry):  -log σ(r_c - r_r - margin)  (+ c·(r_c + r_r)² with
@@ -21,8 +22,13 @@ Whether an answer is *correct* is knowledge the body has as a language model (it
 capital of a held-out country first); a head trained on a few dozen training countries learns
 lookups of those instead, and is at chance on held-out ones. The log-likelihood hands that
 knowledge to the reward, but it also carries style (filler the SFT model never wrote costs ~200
-nats), so it costs format and concision; off by default (README: measured).
+nats), so it costs format and concision; off by default (README: measured). With --logp_frozen, log π
+comes from a frozen copy of the --init model instead: r(x, y) = head(h_last) + w · log π_SFT(y | x).
+Training can then not rewrite the knowledge (nor teach the body to like filler); the head and body
+learn the style criteria around a fixed knowledge term. Best from an SFT model that has seen filler
+(train_sft.py --padding 0.9), whose log π does not punish a padded answer by ~200 nats.
 """
+import copy
 import dataclasses
 import os
 import time
@@ -58,6 +64,9 @@ class RMConfig(PreferenceConfig):
     reward_logp: float = flag(0.0, "w: add w · log π(response | prompt), the body's own log-likelihood of the "
                                    "response, to the head's score (the reward can then use what the language model "
                                    "knows; model.ScalarModel); 0: off", "reward head")
+    logp_frozen: bool = flag(False, "with --reward_logp: log π comes from a frozen copy of the --init model, not the "
+                                    "training body (the knowledge the reward reads cannot be rewritten; the head "
+                                    "learns style around it)", "reward head")
     head_lr: float = flag(0.0, "peak learning rate of the scalar head; 0: --lr", "reward head")
     kind_weights: str = flag("", "training mix by kind of pair: kind=w repeats each pair of that kind w times, 0 "
                                  "drops it, *=w for the kinds not named (e.g. correct=3; correct=1,*=0)", "preferences")
@@ -131,7 +140,14 @@ def main(argv=None):
     log.info(f"{len(train)} training pairs ({report['train']['records']} records), {len(held_out)} held-out pairs, "
              f"init {init}, device {device}")
 
-    rm = ScalarModel(state["model"], cfg.reward_logp).to(device)
+    if cfg.logp_frozen and not cfg.reward_logp:
+        raise ValueError("--logp_frozen needs --reward_logp w > 0 (the weight of the frozen model's log π)")
+    frozen = None
+    if cfg.logp_frozen:  # the init model's own copy; a resumed run reads it back from its checkpoint
+        frozen = copy.deepcopy(state["model"])
+        if cfg.resume:
+            frozen.load_state_dict(state["extra"]["logp_model"])
+    rm = ScalarModel(state["model"], cfg.reward_logp, frozen).to(device)
     groups = [{"params": list(rm.gpt.parameters())},
               {"params": list(rm.head.parameters()), "lr_scale": (cfg.head_lr or cfg.lr) / cfg.lr}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -160,6 +176,7 @@ def main(argv=None):
 
     def save(step, stats=None):
         extra = {"head": rm.head.state_dict(), "logp_weight": cfg.reward_logp,
+                 **({"logp_model": rm.logp_model.state_dict()} if frozen is not None else {}),
                  **(stats or {"reward_mean": 0.0, "reward_std": 1.0})}
         save_checkpoint(ckpt_path, rm.gpt, tok, step, dataclasses.asdict(cfg), "rm", optimizer, rng_state(), extra)
 

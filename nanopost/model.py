@@ -294,19 +294,28 @@ class ScalarModel(nn.Module):
     """A GPT body with a scalar head: one number per position (B, T). The PPO critic (§9, a
     value V(prefix) per token) and the reward model (§7, read at the last real token).
 
-    logp_weight w > 0 (reward models, train_rm.py --reward_logp w): the score also carries w · the
-    body's own log-likelihood of the response so far,
+    logp_weight w > 0 (reward models, train_rm.py --reward_logp w): the score also carries w · a
+    language model's log-likelihood of the response so far,
         score_t = head(h_t) + w · Σ_{s <= t, s in the response} log π(x_s | x_<s),
     so the reward can use what the language model knows (whether the answer is the one it would
-    give) instead of having to learn that check into the head."""
+    give) instead of having to learn that check into the head. π is the body's own language-model
+    head, or, with logp_model (train_rm.py --logp_frozen), a frozen language model (a copy of the
+    body's starting point): training then cannot rewrite the knowledge the reward reads."""
 
-    def __init__(self, gpt, logp_weight=0.0):
+    def __init__(self, gpt, logp_weight=0.0, logp_model=None):
         super().__init__()
         self.gpt = gpt
         self.head = nn.Linear(gpt.config.n_embd, 1)
         nn.init.zeros_(self.head.weight)  # starts at 0 everywhere: no prior on the scale of returns
         nn.init.zeros_(self.head.bias)
         self.logp_weight = logp_weight
+        self.logp_model = logp_model.requires_grad_(False).eval() if logp_model is not None else None
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.logp_model is not None:
+            self.logp_model.eval()  # frozen: no dropout, whatever mode the reward model trains in
+        return self
 
     def forward(self, idx, pos=None, attn_mask=None, response_mask=None, return_logits=False):
         """Scalars (B, T). response_mask (B, T), 1 on response tokens: needed when logp_weight is set.
@@ -314,10 +323,16 @@ class ScalarModel(nn.Module):
         (an auxiliary language-model loss, as train_rm.py --lm_coef)."""
         hidden = self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)  # (B, T, C)
         scores = self.head(hidden).squeeze(-1)                                     # (B, T)
-        logits = self.gpt.lm_head(hidden) if return_logits or self.logp_weight else None  # (B, T, V)
+        own_logp = self.logp_weight and self.logp_model is None
+        logits = self.gpt.lm_head(hidden) if return_logits or own_logp else None   # (B, T, V)
         if self.logp_weight:
             assert response_mask is not None, "a reward model with logp_weight needs the response_mask"
-            token_logp = token_logprobs(logits[:, :-1], idx[:, 1:]) * response_mask[:, 1:]  # (B, T-1)
+            if own_logp:
+                lm_logits = logits
+            else:
+                with torch.no_grad():
+                    lm_logits = self.logp_model(idx, pos=pos, attn_mask=attn_mask)  # (B, T, V)
+            token_logp = token_logprobs(lm_logits[:, :-1], idx[:, 1:]) * response_mask[:, 1:]  # (B, T-1)
             scores = scores + self.logp_weight * F.pad(token_logp.cumsum(1), (1, 0))  # position 0 is never a response
         return (scores, logits) if return_logits else scores
 

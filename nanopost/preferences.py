@@ -13,6 +13,7 @@ A §7 record: {"prompt": [messages ending with a user turn], "chosen": [assistan
 its K(K-1)/2 ordered pairs. "metadata": {"gold": ...} (the built-in data has it) lets the
 ground truth score a policy's answers to that prompt.
 """
+import copy
 import dataclasses
 import math
 import os
@@ -283,7 +284,11 @@ def load_scalar_model(path, stage, device="cpu"):
         kind = {"rm": "reward-model", "prm": "process-reward-model"}[stage]
         raise ValueError(f"{path} is not a {kind} checkpoint (stage {state['meta'].get('stage')!r}); "
                          f"train one with train_rm.py{' --kind prm' if stage == 'prm' else ''}")
-    model = ScalarModel(state["model"], extra.get("logp_weight", 0.0)).to(device)
+    frozen = None
+    if "logp_model" in extra:  # train_rm.py --logp_frozen: the frozen language model the reward reads log π from
+        frozen = copy.deepcopy(state["model"])
+        frozen.load_state_dict(extra["logp_model"])
+    model = ScalarModel(state["model"], extra.get("logp_weight", 0.0), frozen).to(device)
     model.head.load_state_dict(extra["head"])
     return model.eval().requires_grad_(False), state["tok"], extra
 

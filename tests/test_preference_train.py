@@ -41,15 +41,18 @@ def test_reward_model_run(rm):
     assert math.isfinite(stats["reward_mean"]) and stats["reward_std"] > 0
 
 
-def test_reward_model_with_logp_trains_saves_and_scores_rlhf(sft, tmp_path):
+@pytest.mark.parametrize("frozen", [False, True])
+def test_reward_model_with_logp_trains_saves_and_scores_rlhf(sft, tmp_path, frozen):
     """--reward_logp w: the first loss is the mean of -log σ(w (log π(y_c|x) - log π(y_r|x))) under the
     initial model (zero head), the checkpoint keeps w, and the RLHF scorer (which must pass the
-    completion's mask) reads the same reward as the model."""
+    completion's mask) reads the same reward as the model. --logp_frozen: the checkpoint holds the
+    frozen language model, equal to the --init weights after training, while the body has moved."""
     import torch
     from nanopost.preferences import batch_indices, load_preferences, pair_batch, sequence_logprobs
     from nanopost.rewards import reward_model_scorer
     from nanopost.tokenizer import render_prompt
-    train_rm.main(["--init", sft, "--out", str(tmp_path), "--reward_logp", "0.5", "--head_lr", "1e-3"] + SMALL_PAIRS)
+    train_rm.main(["--init", sft, "--out", str(tmp_path), "--reward_logp", "0.5", "--head_lr", "1e-3"]
+                  + ["--logp_frozen"] * frozen + SMALL_PAIRS)
     state = load_checkpoint(sft, "cpu")
     pairs, _ = load_preferences(str(tmp_path / "prefs.jsonl"), state["tok"], state["model"].config.block_size)
     with torch.no_grad():
@@ -59,6 +62,11 @@ def test_reward_model_with_logp_trains_saves_and_scores_rlhf(sft, tmp_path):
     assert read_metrics(str(tmp_path))[0]["loss"] == pytest.approx(expected, rel=1e-4)
     model, tok, stats = load_reward_model(str(tmp_path / "ckpt"))
     assert model.logp_weight == 0.5
+    assert (model.logp_model is not None) == frozen
+    if frozen:
+        init = state["model"].state_dict()
+        assert all(torch.equal(v, init[k]) for k, v in model.logp_model.state_dict().items())
+        assert any(not torch.equal(v, init[k]) for k, v in model.gpt.state_dict().items())
     row = {"prompt": [{"role": "user", "content": "What is the capital of France?"}]}
     text = "The capital of France is Paris."
     prompt = render_prompt(tok, row["prompt"])
@@ -69,6 +77,11 @@ def test_reward_model_with_logp_trains_saves_and_scores_rlhf(sft, tmp_path):
         r = model(ids, response_mask=mask)[0, -1].item()
     scored = reward_model_scorer(str(tmp_path / "ckpt"), "cpu")([text], [row])[0]["reward_model"]
     assert scored * stats["reward_std"] + stats["reward_mean"] == pytest.approx(r, abs=1e-3)  # (r - mean) / std
+
+
+def test_logp_frozen_needs_reward_logp(sft, tmp_path):
+    with pytest.raises(ValueError, match="--logp_frozen needs --reward_logp"):
+        train_rm.main(["--init", sft, "--out", str(tmp_path), "--logp_frozen"] + SMALL_PAIRS)
 
 
 def test_reward_model_kind_weights_select_the_training_mix(sft, tmp_path):

@@ -368,6 +368,41 @@ def test_reward_with_logp_adds_the_bodys_log_likelihood_of_the_response(tok, mod
     assert (logp[0] - logp[1]).abs() > 0.1                                                   # the rows differ
 
 
+def test_reward_with_a_frozen_logp_model_reads_that_model_and_never_trains_it(tok, model):
+    """ScalarModel(logp_weight=w, logp_model=F): the reward is head(h) + w · log π_F(response | prompt),
+    F a frozen language model (here a perturbed copy, so it differs from the body); F gets no gradient
+    and stays in eval mode (no dropout) when the reward model trains."""
+    import copy
+    pairs = [Pair(render_prompt(tok, user("Capital of Peru?")), tok.encode("Lima.") + [tok.end_id],
+                  tok.encode("Quito, I think.") + [tok.end_id])]
+    batch = pair_batch(pairs, tok.pad_id)
+    frozen = copy.deepcopy(model)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in frozen.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    body = copy.deepcopy(model)
+    rm = ScalarModel(body, logp_weight=0.3, logp_model=frozen)
+    plain = ScalarModel(body)
+    with torch.no_grad():
+        rm.head.weight.copy_(torch.randn_like(rm.head.weight))
+        plain.head.load_state_dict(rm.head.state_dict())
+        head = last_token_rewards(plain.eval(), batch["idx"], batch["lengths"])            # (2,)
+        logp_frozen = sequence_logprobs(frozen.eval(), batch)                             # (2,)
+        logp_body = sequence_logprobs(body.eval(), batch)
+    assert (logp_frozen - logp_body).abs().max() > 1e-3                                    # F is not the body
+    r = last_token_rewards(rm.eval(), batch["idx"], batch["lengths"], batch["response_mask"])
+    torch.testing.assert_close(r, head + 0.3 * logp_frozen, atol=1e-4, rtol=0)
+    rm.train()
+    assert rm.gpt.training and not frozen.training                                         # F keeps eval mode
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    r = last_token_rewards(rm, batch["idx"], batch["lengths"], batch["response_mask"])
+    (r[0] - r[1]).backward()
+    assert all(p.grad is None for p in frozen.parameters())                                # no gradient into F
+    assert rm.head.weight.grad is not None and any(p.grad is not None for p in body.parameters())
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())
+
+
 def test_batch_indices_epochs_cover_everything_once():
     n, bs = 10, 4
     stream = [i for s in range(15) for i in batch_indices(n, bs, s, seed=3)]  # 60 indices = 6 epochs
