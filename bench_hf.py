@@ -76,7 +76,7 @@ def as_text(ids):
 
 
 class StepTimer(transformers.TrainerCallback):
-    """Wall time of each optimiser step, and the real tokens of the SFT batches it saw."""
+    """Wall time of each optimiser step."""
     def __init__(self):
         self.times, self.t0 = [], None
 
@@ -87,15 +87,13 @@ class StepTimer(transformers.TrainerCallback):
         self.times.append(time.perf_counter() - self.t0)
 
 
-CHECKPOINTING = {}  # main(): {} keeps TRL's default (activation checkpointing on), or turns it off
-
-
-def quiet_args(cls, out, **kw):
+def quiet_args(cls, out, trl_args, **kw):
+    """A TRL config without logging, saving or progress bars; trl_args: the command line's overrides."""
     return cls(output_dir=out, report_to="none", use_cpu=True, logging_steps=1000, save_strategy="no",
-               disable_tqdm=True, seed=0, dataloader_num_workers=0, **CHECKPOINTING, **kw)
+               disable_tqdm=True, seed=0, dataloader_num_workers=0, **trl_args, **kw)
 
 
-def bench_sft(tok, s, repeats):
+def bench_sft(tok, s, repeats, trl_args):
     row_len = GPTConfig.preset("bench").block_size - 1
     rows = [render_conversation(tok, r["messages"], row_len + 1) for r in world.sft_records(s["sft_records"], 0)]
     data = Dataset.from_dict({"input_ids": [ids for ids, _ in rows], "completion_mask": [m for _, m in rows]})
@@ -107,8 +105,9 @@ def bench_sft(tok, s, repeats):
             bench.info(f"hf sft {mode}: repeat {r + 1}/{repeats}")
             timer, real = StepTimer(), []
             with tempfile.TemporaryDirectory() as out:
-                args = quiet_args(trl.SFTConfig, out, per_device_train_batch_size=s["sft_rows"], max_steps=total,
-                                  learning_rate=3e-4, max_length=row_len + 1, completion_only_loss=True, **extra)
+                args = quiet_args(trl.SFTConfig, out, trl_args, per_device_train_batch_size=s["sft_rows"],
+                                  max_steps=total, learning_rate=3e-4, max_length=row_len + 1,
+                                  completion_only_loss=True, **extra)
                 trainer = trl.SFTTrainer(model=hf_model(tok), args=args, train_dataset=data,
                                          processing_class=id_tokenizer(tok), callbacks=[timer])
                 collate = trainer.data_collator
@@ -127,7 +126,7 @@ def bench_sft(tok, s, repeats):
                                        "warmup_steps": s["warmup"], "timed_steps": s["steps"]}}
 
 
-def bench_sample(tok, s, repeats):
+def bench_sample(tok, s, repeats, trl_args):
     prompts = []
     for r in world.sft_records(s["sample_prompts"], seed=1):  # bench.py's prompts
         first_user = next(i for i, m in enumerate(r["messages"]) if m["role"] == "user")
@@ -156,7 +155,7 @@ def bench_sample(tok, s, repeats):
     return result
 
 
-def bench_grpo(tok, s, repeats):
+def bench_grpo(tok, s, repeats, trl_args):
     n_steps = s["grpo_steps"]
     with tempfile.TemporaryDirectory() as out:
         records = rl_family_records(s["grpo_prompts"] * n_steps, "train", 0, out, ["roots"])
@@ -165,7 +164,8 @@ def bench_grpo(tok, s, repeats):
         def reward(completions, **kw):  # cheap and pure Python, like math_grader
             return [len(set(c.split())) / 32 for c in completions]
         timer = StepTimer()
-        args = quiet_args(trl.GRPOConfig, out, per_device_train_batch_size=s["grpo_prompts"] * s["grpo_generations"],
+        args = quiet_args(trl.GRPOConfig, out, trl_args,
+                          per_device_train_batch_size=s["grpo_prompts"] * s["grpo_generations"],
                           num_generations=s["grpo_generations"], max_completion_length=s["grpo_tokens"], beta=0.04,
                           num_iterations=1, max_steps=n_steps, learning_rate=1e-4, temperature=1.0,
                           shuffle_dataset=False)
@@ -194,14 +194,13 @@ def main(argv=None):
     p.add_argument("--no_checkpointing", action="store_true",
                    help="turn off activation checkpointing, which TRL's SFTConfig and GRPOConfig turn on by default")
     args = p.parse_args(argv)
-    if args.no_checkpointing:
-        CHECKPOINTING["gradient_checkpointing"] = False
+    trl_args = {"gradient_checkpointing": False} if args.no_checkpointing else {}  # {}: TRL's defaults
     torch.set_num_threads(args.threads)
     s = bench.QUICK if args.quick else bench.FULL
     tok = bench.bench_tokenizer()
     for name in args.only.split(","):
         with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs; stdout keeps the JSON lines
-            result = BENCHES[name](tok, s, 1 if args.quick else args.repeats)
+            result = BENCHES[name](tok, s, 1 if args.quick else args.repeats, trl_args)
         print(json.dumps({"bench": f"hf_{name}", **result, "device": bench.device_name(torch.device("cpu")),
                           "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "transformers": transformers.__version__, "trl": trl.__version__,
