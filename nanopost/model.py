@@ -323,16 +323,18 @@ class ScalarModel(nn.Module):
         (an auxiliary language-model loss, as train_rm.py --lm_coef)."""
         hidden = self.gpt(idx, pos=pos, attn_mask=attn_mask, return_hidden=True)  # (B, T, C)
         scores = self.head(hidden).squeeze(-1)                                     # (B, T)
-        own_logp = self.logp_weight and self.logp_model is None
-        logits = self.gpt.lm_head(hidden) if return_logits or own_logp else None   # (B, T, V)
+        logits = self.gpt.lm_head(hidden) if return_logits else None               # (B, T, V)
         if self.logp_weight:
             assert response_mask is not None, "a reward model with logp_weight needs the response_mask"
-            if own_logp:
-                lm_logits = logits
+            keep = response_mask[:, 1:].bool()  # (B, T-1): the positions that predict a response token
+            if self.logp_model is None:  # only those positions go through lm_head: (n, V)
+                kept = logits[:, :-1][keep] if logits is not None else self.gpt.lm_head(hidden[:, :-1][keep])
             else:
-                with torch.no_grad():
-                    lm_logits = self.logp_model(idx, pos=pos, attn_mask=attn_mask)  # (B, T, V)
-            token_logp = token_logprobs(lm_logits[:, :-1], idx[:, 1:]) * response_mask[:, 1:]  # (B, T-1)
+                with torch.no_grad():  # causal: dropping the last position changes no earlier one
+                    kept = self.logp_model(idx[:, :-1], pos=None if pos is None else pos[:, :-1],
+                                           attn_mask=None if attn_mask is None else attn_mask[..., :-1, :-1], keep=keep)
+            logp = token_logprobs(kept, idx[:, 1:][keep])                                   # (n,)
+            token_logp = torch.zeros(keep.shape, dtype=logp.dtype, device=idx.device).masked_scatter(keep, logp)
             scores = scores + self.logp_weight * F.pad(token_logp.cumsum(1), (1, 0))  # position 0 is never a response
         return (scores, logits) if return_logits else scores
 

@@ -366,6 +366,10 @@ def test_reward_with_logp_adds_the_bodys_log_likelihood_of_the_response(tok, mod
         logp = sequence_logprobs(model, batch)                                               # (2,)
     torch.testing.assert_close(r, head + 0.7 * logp, atol=1e-4, rtol=0)
     assert (logp[0] - logp[1]).abs() > 0.1                                                   # the rows differ
+    with torch.no_grad():  # the same scores when the pass also returns the body's logits
+        scores, logits = rm(batch["idx"], response_mask=batch["response_mask"], return_logits=True)
+    torch.testing.assert_close(scores[torch.arange(2), batch["lengths"] - 1], r, atol=1e-5, rtol=0)
+    assert logits.shape == (*batch["idx"].shape, model.config.vocab_size)
 
 
 def test_reward_with_a_frozen_logp_model_reads_that_model_and_never_trains_it(tok, model):
