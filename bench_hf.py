@@ -4,7 +4,7 @@ goals are stated against. Needs `pip install transformers trl` (not a nanopost d
 else imports this file).
 
     python bench_hf.py                     # sft, sample, grpo; one JSON line each, like bench.py
-    python bench_hf.py --only grpo --repeats 1
+    python bench_hf.py --only sft,sample --repeats 5   # (grpo's repeats are its 10 timed steps, as in bench.py)
 
 Same model shape (transformers.GPT2LMHeadModel with GPTConfig.preset("bench")'s 4 layers, 4 heads,
 128 wide, context 256, vocab 512, dropout 0.1; randomly initialised, seed 0), same token ids
@@ -194,14 +194,18 @@ def main(argv=None):
     p.add_argument("--no_checkpointing", action="store_true",
                    help="turn off activation checkpointing, which TRL's SFTConfig and GRPOConfig turn on by default")
     args = p.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        p.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHES)}")
     trl_args = {"gradient_checkpointing": False} if args.no_checkpointing else {}  # {}: TRL's defaults
     torch.set_num_threads(args.threads)
     s = bench.QUICK if args.quick else bench.FULL
     tok = bench.bench_tokenizer()
-    for name in args.only.split(","):
+    for name in names:
         with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs; stdout keeps the JSON lines
             result = BENCHES[name](tok, s, 1 if args.quick else args.repeats, trl_args)
-        print(json.dumps({"bench": f"hf_{name}", **result, "device": bench.device_name(torch.device("cpu")),
+        print(json.dumps({"bench": f"hf_{name}", **result, "device": f"cpu ({bench.device_name(torch.device('cpu'))})",
                           "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "transformers": transformers.__version__, "trl": trl.__version__,
                           "activation_checkpointing": not args.no_checkpointing,

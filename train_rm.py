@@ -116,6 +116,9 @@ def pairwise_report(rm, pairs, pad_id, device):
 
 def main(argv=None):
     cfg = parse_config(RMConfig, argv, description=__doc__.split("\n\n")[0])
+    if cfg.logp_frozen and (cfg.kind != "bt" or not cfg.reward_logp):
+        raise ValueError("--logp_frozen needs --reward_logp w > 0 (the weight of the frozen model's log π) "
+                         "and --kind bt")
     if cfg.kind == "prm":
         return prm.train(cfg)
     if cfg.kind != "bt":
@@ -129,6 +132,11 @@ def main(argv=None):
     init = cfg.init or cached_checkpoint("sft", train_sft.main, cfg.device, cfg.seed)
     state = load_checkpoint(ckpt_path if cfg.resume else init, device)
     tok, max_len = state["tok"], state["model"].config.block_size
+    if cfg.resume:  # the reward's form is the checkpoint's: a different one would silently train another reward
+        saved = state["extra"] or {}
+        if saved.get("logp_weight", 0.0) != cfg.reward_logp or ("logp_model" in saved) != cfg.logp_frozen:
+            raise ValueError(f"{ckpt_path} was trained with --reward_logp {saved.get('logp_weight', 0.0)}"
+                             f"{' --logp_frozen' if 'logp_model' in saved else ''}: resume with the same flags")
     log = RunLog(cfg.out, cfg.steps, state["meta"]["step"] if cfg.resume else 0, stage="rm")
 
     # data: built-in pairs, the user's file, or pairs sampled from the SFT model and labelled now
@@ -140,8 +148,6 @@ def main(argv=None):
     log.info(f"{len(train)} training pairs ({report['train']['records']} records), {len(held_out)} held-out pairs, "
              f"init {init}, device {device}")
 
-    if cfg.logp_frozen and not cfg.reward_logp:
-        raise ValueError("--logp_frozen needs --reward_logp w > 0 (the weight of the frozen model's log π)")
     frozen = None
     if cfg.logp_frozen:  # the init model's own copy; a resumed run reads it back from its checkpoint
         frozen = copy.deepcopy(state["model"])

@@ -79,9 +79,21 @@ def test_reward_model_with_logp_trains_saves_and_scores_rlhf(sft, tmp_path, froz
     assert scored * stats["reward_std"] + stats["reward_mean"] == pytest.approx(r, abs=1e-3)  # (r - mean) / std
 
 
-def test_logp_frozen_needs_reward_logp(sft, tmp_path):
+def test_logp_frozen_needs_reward_logp_and_a_bradley_terry_model(sft, tmp_path):
     with pytest.raises(ValueError, match="--logp_frozen needs --reward_logp"):
         train_rm.main(["--init", sft, "--out", str(tmp_path), "--logp_frozen"] + SMALL_PAIRS)
+    with pytest.raises(ValueError, match="--logp_frozen needs --reward_logp"):
+        train_rm.main(["--init", sft, "--out", str(tmp_path), "--kind", "prm", "--reward_logp", "1", "--logp_frozen"])
+
+
+def test_resuming_a_reward_model_needs_its_reward_flags(sft, tmp_path):
+    """A resumed run must train the reward the checkpoint has: adding or dropping --logp_frozen, or another
+    --reward_logp, stops with a named error instead of a KeyError or a silently different reward."""
+    base = ["--init", sft, "--out", str(tmp_path)] + SMALL_PAIRS
+    train_rm.main(base + ["--reward_logp", "0.5", "--logp_frozen"])
+    for flags in (["--reward_logp", "0.5"], ["--reward_logp", "0.3", "--logp_frozen"], []):
+        with pytest.raises(ValueError, match="resume with the same flags"):
+            train_rm.main(base + flags + ["--resume", "--steps", "3"])
 
 
 def test_reward_model_kind_weights_select_the_training_mix(sft, tmp_path):
