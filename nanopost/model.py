@@ -290,6 +290,18 @@ def load_hf_gpt2(path):
     return load(path)
 
 
+def response_logprobs(model, idx, response_mask, pos=None, attn_mask=None):
+    """log π(x_t | x_<t) at every response token of right-padded rows, 0 elsewhere: (B, T-1), entry
+    t-1 for token t. Only the positions that predict a response token go through lm_head (no (B, T, V)
+    logits); causal attention, so dropping the last position changes no earlier one. model: a GPT
+    (or its DDP wrapper); response_mask (B, T), 1 on response tokens."""
+    keep = response_mask[:, 1:].bool()                                                       # (B, T-1)
+    logits = model(idx[:, :-1], pos=None if pos is None else pos[:, :-1],
+                   attn_mask=None if attn_mask is None else attn_mask[..., :-1, :-1], keep=keep)  # (n, V)
+    logp = token_logprobs(logits, idx[:, 1:][keep])                                          # (n,)
+    return torch.zeros(keep.shape, dtype=logp.dtype, device=idx.device).masked_scatter(keep, logp)
+
+
 class ScalarModel(nn.Module):
     """A GPT body with a scalar head: one number per position (B, T). The PPO critic (§9, a
     value V(prefix) per token) and the reward model (§7, read at the last real token).
@@ -326,15 +338,14 @@ class ScalarModel(nn.Module):
         logits = self.gpt.lm_head(hidden) if return_logits else None               # (B, T, V)
         if self.logp_weight:
             assert response_mask is not None, "a reward model with logp_weight needs the response_mask"
-            keep = response_mask[:, 1:].bool()  # (B, T-1): the positions that predict a response token
-            if self.logp_model is None:  # only those positions go through lm_head: (n, V)
+            if self.logp_model is not None:
+                with torch.no_grad():
+                    token_logp = response_logprobs(self.logp_model, idx, response_mask, pos, attn_mask)  # (B, T-1)
+            else:  # the body's own head on the hidden states this pass already has, response positions only
+                keep = response_mask[:, 1:].bool()
                 kept = logits[:, :-1][keep] if logits is not None else self.gpt.lm_head(hidden[:, :-1][keep])
-            else:
-                with torch.no_grad():  # causal: dropping the last position changes no earlier one
-                    kept = self.logp_model(idx[:, :-1], pos=None if pos is None else pos[:, :-1],
-                                           attn_mask=None if attn_mask is None else attn_mask[..., :-1, :-1], keep=keep)
-            logp = token_logprobs(kept, idx[:, 1:][keep])                                   # (n,)
-            token_logp = torch.zeros(keep.shape, dtype=logp.dtype, device=idx.device).masked_scatter(keep, logp)
+                token_logp = torch.zeros(keep.shape, device=idx.device, dtype=kept.dtype).masked_scatter(
+                    keep, token_logprobs(kept, idx[:, 1:][keep]))
             scores = scores + self.logp_weight * F.pad(token_logp.cumsum(1), (1, 0))  # position 0 is never a response
         return (scores, logits) if return_logits else scores
 

@@ -28,8 +28,7 @@ from nanopost.common import RunConfig, flag
 from nanopost.data import load_records, read_jsonl, write_jsonl
 from nanopost.evaluate import chat_complete
 from nanopost.judge import label_pairs
-from nanopost.losses import token_logprobs
-from nanopost.model import ScalarModel
+from nanopost.model import ScalarModel, response_logprobs
 from nanopost.nexttoken import NonFiniteLoss, lr_at
 from nanopost.tokenizer import ConversationError, render_conversation, render_prompt
 
@@ -131,12 +130,8 @@ def pair_batch(pairs, pad_id, device="cpu"):
 def sequence_logprobs(model, batch, average=False):
     """log π(response | prompt) per row = Σ_t log π(y_t | y_<t) over the response tokens, (2P,);
     average=True divides by the number of response tokens (IPO)."""
-    idx, mask = batch["idx"], batch["response_mask"][:, 1:]
-    keep = mask.bool()                                              # only response tokens reach lm_head
-    logits = model(idx[:, :-1], keep=keep)                          # (n, V)
-    logprobs = torch.zeros(keep.shape, device=idx.device).masked_scatter(keep, token_logprobs(logits, idx[:, 1:][keep]))
-    total = logprobs.sum(1)                                         # (2P,)
-    return total / mask.sum(1).clamp(min=1) if average else total
+    total = response_logprobs(model, batch["idx"], batch["response_mask"]).sum(1)  # (2P,)
+    return total / batch["response_mask"][:, 1:].sum(1).clamp(min=1) if average else total
 
 
 def last_token_rewards(reward_model, idx, lengths, response_mask=None):
