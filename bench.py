@@ -109,9 +109,23 @@ def bench_model(tok, device, preset="bench"):
     return GPT(model_config(tok, preset)).to(device)
 
 
+def sft_examples(tok, n, row_len):
+    """The SFT workload: n built-in conversations as (ids, loss_mask), at most row_len + 1 tokens."""
+    return [render_conversation(tok, r["messages"], row_len + 1) for r in world.sft_records(n, 0)]
+
+
+def sample_prompts(tok, n):
+    """The sampling workload: n built-in conversations up to their first user turn, rendered."""
+    prompts = []
+    for r in world.sft_records(n, seed=1):
+        first_user = next(i for i, m in enumerate(r["messages"]) if m["role"] == "user")
+        prompts.append(render_prompt(tok, r["messages"][:first_user + 1]))
+    return prompts
+
+
 def bench_sft(tok, device, s, repeats, preset="bench", dtype="float32"):
     row_len = GPTConfig.preset(preset).block_size - 1
-    examples = [render_conversation(tok, r["messages"], row_len + 1) for r in world.sft_records(s["sft_records"], 0)]
+    examples = sft_examples(tok, s["sft_records"], row_len)
     total = s["warmup"] + s["steps"]
     cfg = NextTokenConfig(steps=total, batch_size=s["sft_rows"], lr=3e-4, warmup=s["warmup"], log_every=10, dtype=dtype)
     peak, modes, flops_per_token = peak_flops(device, dtype), {}, bench_model(tok, "cpu", preset).flops_per_token
@@ -141,10 +155,7 @@ def bench_sft(tok, device, s, repeats, preset="bench", dtype="float32"):
 
 
 def bench_sample(tok, device, s, repeats, preset="bench", dtype="float32"):
-    prompts = []
-    for r in world.sft_records(s["sample_prompts"], seed=1):  # up to the first user turn
-        first_user = next(i for i, m in enumerate(r["messages"]) if m["role"] == "user")
-        prompts.append(render_prompt(tok, r["messages"][:first_user + 1]))
+    prompts = sample_prompts(tok, s["sample_prompts"])
     model = bench_model(tok, device, preset).eval()
     result = {}
     for name, use_cache in (("kv_cache", True), ("no_cache", False)):

@@ -37,10 +37,9 @@ import time
 import torch
 
 import bench
-from nanopost import world
 from nanopost.instruct_world import rl_family_records
 from nanopost.model import GPTConfig
-from nanopost.tokenizer import render_conversation, render_prompt
+from nanopost.tokenizer import render_prompt
 
 try:
     import transformers
@@ -95,7 +94,7 @@ def quiet_args(cls, out, trl_args, **kw):
 
 def bench_sft(tok, s, repeats, trl_args):
     row_len = GPTConfig.preset("bench").block_size - 1
-    rows = [render_conversation(tok, r["messages"], row_len + 1) for r in world.sft_records(s["sft_records"], 0)]
+    rows = bench.sft_examples(tok, s["sft_records"], row_len)
     data = Dataset.from_dict({"input_ids": [ids for ids, _ in rows], "completion_mask": [m for _, m in rows]})
     total = s["warmup"] + s["steps"]
     modes = {}
@@ -127,10 +126,7 @@ def bench_sft(tok, s, repeats, trl_args):
 
 
 def bench_sample(tok, s, repeats, trl_args):
-    prompts = []
-    for r in world.sft_records(s["sample_prompts"], seed=1):  # bench.py's prompts
-        first_user = next(i for i, m in enumerate(r["messages"]) if m["role"] == "user")
-        prompts.append(render_prompt(tok, r["messages"][:first_user + 1]))
+    prompts = bench.sample_prompts(tok, s["sample_prompts"])
     L = max(map(len, prompts))
     idx = torch.tensor([[tok.pad_id] * (L - len(p)) + p for p in prompts])  # left padding, as generate wants
     attention = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
