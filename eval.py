@@ -34,7 +34,7 @@ from nanopost.common import RunLog, flag, parse_config, pick_device, set_seed
 from nanopost.evals import rate_with_interval, mean_with_interval
 from nanopost.evaluate import chat_complete, sampled_pass_at_k, verifiable_accuracy
 from nanopost.ifeval import ifeval_scores, instruction_records
-from nanopost.judge import load_constitution, model_judge
+from nanopost.judge import JUDGE_KINDS, built_in_judge, load_constitution
 from nanopost.knowledge import fact_questions, multiple_choice, perplexity
 from nanopost.llm_judge import (POINTWISE_RUBRIC, judge_questions, model_pointwise, pairwise_outcomes,
                                 pointwise_scores, win_rate)
@@ -57,6 +57,9 @@ class EvalConfig:
                           "judging itself is biased)", "models")
     rm: str = flag("", "reward-model checkpoint (train_rm.py) to score the answers with", "models")
     constitution: str = flag("", "the judge's constitution file (default: the built-in one)", "models")
+    judge_kind: str = flag("verdict", "the pairwise judge: verdict (yes/no per response) | likelihood (the "
+                                      "response the judge finds more likely under the principle); nanopost/judge.py",
+                           "models")
     # sizes
     sections: str = flag(",".join(SECTIONS), "comma-separated sections to run", "suite")
     quick: bool = flag(False, "tiny sizes for a smoke run (CI): seconds on a tiny model", "suite")
@@ -119,6 +122,8 @@ def run(cfg):
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"eval.py: unknown --sections {sorted(unknown)}; use {','.join(SECTIONS)}")
+    if cfg.judge_kind not in JUDGE_KINDS:
+        raise SystemExit(f"eval.py: unknown --judge_kind {cfg.judge_kind!r}; use {' or '.join(JUDGE_KINDS)}")
     ks = [int(k) for k in cfg.ks.split(",")]
     if any(not 1 <= k <= cfg.n_samples for k in ks):
         raise SystemExit(f"eval.py: every k in --ks {cfg.ks} must be in [1, --n_samples {cfg.n_samples}]")
@@ -209,8 +214,8 @@ def preference_section(model, tok, prefs, questions, baseline_answers, judge_sta
         out["rm_score"] = mean_with_interval([s["reward_model"] for s in rm(answers, prefs)])
     judge_model, judge_tok = judge_state["model"].eval(), judge_state["tok"]
     if baseline_answers is not None:
-        outcomes, p = pairwise_outcomes(model_judge(judge_model, judge_tok), constitution, questions, answers,
-                                        baseline_answers, cfg.tie_margin)
+        judge = built_in_judge(judge_model, judge_tok, cfg.judge_kind)
+        outcomes, p = pairwise_outcomes(judge, constitution, questions, answers, baseline_answers, cfg.tie_margin)
         out["judge_pairwise"] = win_rate(outcomes)
         det["judge_p_win"] = p
     pointwise = pointwise_scores(model_pointwise(judge_model, judge_tok, constitution), questions, answers,

@@ -18,6 +18,9 @@ teaches: shown the principle, the question and one response, it answers "Verdict
 and asking for two verdicts and a comparison stayed at chance in our runs.) Reference-guided
 (--judge_reference, model_judge(reference=True)): the judge first answers each question itself and
 every judging prompt shows that answer as "Reference:", as MT-Bench's judge grades against one.
+The second built-in judge (--judge_kind likelihood, likelihood_judge) needs no judging format: told
+the principle as its system turn, the model prefers the response it would rather have written,
+P(A better) = σ((log π(A) - log π(B)) / τ), as multiple-choice benchmarks are scored.
 
 Labelling a pair (a, b): under every principle k the judge is asked in both orders, which cancels
 position bias,   p_k = ½ (J(a, b) + 1 - J(b, a)),   and the principles are combined by weighted
@@ -32,7 +35,8 @@ import torch
 
 from nanopost import preference_world
 from nanopost.evaluate import chat_complete, next_token_logits
-from nanopost.tokenizer import render_prompt
+from nanopost.model import response_logprobs
+from nanopost.tokenizer import ConversationError, render_conversation, render_prompt
 
 
 def load_constitution(path=None):
@@ -67,16 +71,22 @@ def model_judge(model, tok, batch_size=64, reference=False):
     """The built-in judge: a nanopost model prompted with the principle (see the module docstring).
     reference=True: reference-guided judging; the model first answers each question itself
     (greedy) and every judging prompt shows that answer as the reference, so a wrong response can
-    be told from a right one by comparison (preference_world.judge_records teaches both formats)."""
+    be told from a right one by comparison (preference_world.judge_records teaches both formats).
+    Each distinct judging prompt is scored once and remembered: the model must not change while
+    the judge is in use."""
     yes, no = tok.encode(" yes")[0], tok.encode(" no")[0]
     assert yes != no, "' yes' and ' no' must start with different tokens"
     block = model.config.block_size
     cue = tok.encode("Verdict:")  # the start of preference_world.judge_verdict
     own_answers = {}  # question -> the judge's own greedy answer (reference=True)
+    memo = {}  # judging prompt (token ids) -> P(yes)
 
     def p_yes(sequences):
         """P(' yes' | sequence) vs ' no', for each token-id sequence."""
+        was_training = model.training
+        model.eval()  # no dropout in a verdict
         logits = next_token_logits(model, sequences, tok.pad_id, batch_size)  # (N, V)
+        model.train(was_training)
         return torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0].tolist()
 
     def references(questions):
@@ -89,13 +99,13 @@ def model_judge(model, tok, batch_size=64, reference=False):
     def verdicts(questions, responses, principle):
         """P(the response follows the principle) per response; None where the prompt does not fit."""
         refs = references(questions) if reference else [None] * len(questions)
-        seqs = [render_prompt(tok, [{"role": "user", "content": preference_world.judge_prompt(principle, q, r, ref)}])
-                + cue for q, r, ref in zip(questions, responses, refs)]
-        fits = [i for i, s in enumerate(seqs) if len(s) < block]  # the verdict token must fit too
-        out = [None] * len(seqs)
-        for i, p in zip(fits, p_yes([seqs[i] for i in fits])):
-            out[i] = p
-        return out
+        seqs = [tuple(render_prompt(tok, [{"role": "user", "content": preference_world.judge_prompt(principle, q, r, ref)}])
+                      + cue) for q, r, ref in zip(questions, responses, refs)]
+        # each distinct prompt once (a response sampled with 7 others meets 14 pairings), by length;
+        # the verdict token must fit in the context too
+        new = sorted({s for s in seqs if len(s) < block and s not in memo}, key=len)
+        memo.update(zip(new, p_yes([list(s) for s in new])))
+        return [memo.get(s) for s in seqs]  # None where the prompt does not fit
 
     def judge(questions, responses_a, responses_b, principle):
         p_a, p_b = verdicts(questions, responses_a, principle), verdicts(questions, responses_b, principle)
@@ -105,6 +115,74 @@ def model_judge(model, tok, batch_size=64, reference=False):
 
     judge.verdicts = verdicts  # per-response P(yes): the pointwise scores of eval.py (nanopost/llm_judge.py)
     return judge
+
+
+def likelihood_judge(model, tok, temperature=1.0, batch_size=64):
+    """A second built-in judge (--judge_kind likelihood): the model is told the principle (as the
+    system turn) and the question, and prefers the response it would rather have written itself,
+        P(A better | principle) = σ((log π(A | principle, q) - log π(B | principle, q)) / τ),
+    log π summed over the response's tokens and its <|end|>, τ = temperature. This is how
+    lm-evaluation-harness scores multiple choice: no judging format to learn, and whatever the model
+    knows as a language model (the right capital, the shape of an answer) decides, where a verdict
+    head trained on a few dozen training countries learns lookups instead (README: measured). Its
+    preferences are the model's: a judge that never saw filler in its SFT data finds a padded answer
+    unlikely, whatever the principle says. Symmetric by construction (J(a, b) = 1 - J(b, a)), so the
+    two orders of judge_preference agree; a response too long for the context gets no opinion (½).
+    Each (principle, question, response) is scored once and remembered, as in model_judge."""
+    if not temperature > 0:
+        raise ValueError(f"--judge_temperature must be > 0, got {temperature}")
+    device = next(model.parameters()).device
+    block = model.config.block_size
+    memo = {}  # (principle, question, response) -> log π, or None where it does not fit
+
+    @torch.no_grad()
+    def logps(questions, responses, principle):
+        """log π(response | principle, question) per response; None where it does not fit."""
+        keys = [(principle, q, r) for q, r in zip(questions, responses)]
+        rows = []  # (key, token ids, start of the response) of each distinct new key that fits
+        for key in dict.fromkeys(k for k in keys if k not in memo):
+            prompt = [{"role": "system", "content": principle}, {"role": "user", "content": key[1]}]
+            try:
+                ids, _ = render_conversation(tok, prompt + [{"role": "assistant", "content": key[2]}], max_len=block)
+            except ConversationError:  # too long, or an empty response: no opinion
+                memo[key] = None
+                continue
+            rows.append((key, ids, len(render_prompt(tok, prompt))))
+        was_training = model.training
+        model.eval()  # no dropout in a judgement
+        rows.sort(key=lambda row: len(row[1]))  # batches of similar length: little padding
+        for lo in range(0, len(rows), batch_size):
+            chunk = rows[lo:lo + batch_size]
+            idx = torch.full((len(chunk), max(len(ids) for _, ids, _ in chunk)), tok.pad_id, dtype=torch.long)
+            response_mask = torch.zeros(idx.shape)
+            for b, (_, ids, start) in enumerate(chunk):
+                idx[b, :len(ids)] = torch.tensor(ids)
+                response_mask[b, start:len(ids)] = 1
+            totals = response_logprobs(model, idx.to(device), response_mask.to(device)).sum(1)  # (b,)
+            memo.update(zip([key for key, _, _ in chunk], totals.tolist()))
+        model.train(was_training)
+        return [memo[k] for k in keys]
+
+    def judge(questions, responses_a, responses_b, principle):
+        la, lb = logps(questions, responses_a, principle), logps(questions, responses_b, principle)
+        return [0.5 if a is None or b is None else 1 / (1 + math.exp(-max(min((a - b) / temperature, 50), -50)))
+                for a, b in zip(la, lb)]
+
+    return judge
+
+
+JUDGE_KINDS = ("verdict", "likelihood")
+
+
+def built_in_judge(model, tok, kind="verdict", reference=False, temperature=1.0):
+    """The built-in judge by name (--judge_kind verdict | likelihood, --judge_reference, --judge_temperature)."""
+    if kind == "likelihood":
+        if reference:
+            raise ValueError("--judge_reference is for --judge_kind verdict (the likelihood judge has no reference)")
+        return likelihood_judge(model, tok, temperature)
+    if kind != "verdict":
+        raise ValueError(f"unknown --judge_kind {kind!r}; use {' or '.join(JUDGE_KINDS)}")
+    return model_judge(model, tok, reference=reference)
 
 
 def judge_preference(judge, constitution, questions, responses_a, responses_b):
@@ -126,7 +204,8 @@ def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
             is (highest, lowest), kept when the judge prefers it with P >= cfg.min_confidence;
       gold  the same answers scored by the world's ground truth (gold_score), kept unless tied.
     Both labellers see the same sampled answers, so DPO on ai labels and DPO on gold labels differ
-    only in who labelled. With 2 samples this is one sampled pair per prompt. prompts: {"prompt",
+    only in who labelled. With 2 samples this is one sampled pair per prompt. judge_model: (model,
+    tokenizer) of the built-in judge (default: the policy). prompts: {"prompt",
     "metadata": {"gold"}}. -> (§7 records, report: the judge's agreement with the ground truth on
     every compared pair where the ground truth has a preference, and on the kept pairs)."""
     k = cfg.label_samples
@@ -145,8 +224,8 @@ def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
     golds = [r.get("metadata", {}).get("gold") for r, _ in groups]
     gold_of = lambda g, i, j: preference_world.gold_prefers(golds[g], groups[g][1][i], groups[g][1][j]) if golds[g] else 0
     if cfg.labels == "ai":
-        judge = judge or model_judge(judge_model if judge_model is not None else policy, tok,
-                                     reference=cfg.judge_reference)
+        model, model_tok = judge_model if judge_model is not None else (policy, tok)  # it reads text: its own tokenizer
+        judge = judge or built_in_judge(model, model_tok, cfg.judge_kind, cfg.judge_reference, cfg.judge_temperature)
         p = judge_preference(judge, load_constitution(cfg.constitution), [groups[g][0]["prompt"][-1]["content"] for g, _, _ in compared],
                              [groups[g][1][i] for g, i, _ in compared], [groups[g][1][j] for g, _, j in compared]).tolist()
     else:

@@ -27,7 +27,7 @@ from nanopost.checkpoint import load_checkpoint
 from nanopost.common import RunConfig, flag
 from nanopost.data import load_records, read_jsonl, write_jsonl
 from nanopost.evaluate import chat_complete
-from nanopost.judge import label_pairs
+from nanopost.judge import JUDGE_KINDS, label_pairs
 from nanopost.model import ScalarModel, response_logprobs
 from nanopost.nexttoken import NonFiniteLoss, lr_at
 from nanopost.tokenizer import ConversationError, render_conversation, render_prompt
@@ -231,6 +231,10 @@ class PreferenceConfig(RunConfig):
     constitution: str = flag("", "--labels ai: the constitution file (default: the built-in one)", "preferences")
     judge_reference: bool = flag(False, "--labels ai: reference-guided judging: the judge first answers each question "
                                         "itself and checks the responses against its own answer", "preferences")
+    judge_kind: str = flag("verdict", "--labels ai: verdict (the judge answers yes/no per response, a format the SFT "
+                                      "mix teaches) | likelihood (it prefers the response it finds more likely "
+                                      "under the principle; nanopost/judge.py)", "preferences")
+    judge_temperature: float = flag(1.0, "--judge_kind likelihood: τ in σ(Δ log π / τ)", "preferences")
     min_confidence: float = flag(0.75, "--labels ai: keep pairs the judge prefers with at least this probability",
                                  "preferences")
 
@@ -238,9 +242,11 @@ class PreferenceConfig(RunConfig):
 def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
     """-> (train pairs, held-out pairs, held-out prompts with ground truth, report), per cfg.labels.
     ai / gold write the labelled pairs to <out>/labels.jsonl (§7 JSONL), then read them back like
-    any user file; judge_model is the model behind the built-in judge (ai only)."""
+    any user file; judge_model is the (model, tokenizer) behind the built-in judge (ai only)."""
     if cfg.labels not in ("builtin", "ai", "gold"):
         raise ValueError(f"unknown --labels {cfg.labels!r}; use builtin, ai or gold")
+    if cfg.judge_kind not in JUDGE_KINDS:
+        raise ValueError(f"unknown --judge_kind {cfg.judge_kind!r}; use {' or '.join(JUDGE_KINDS)}")
     report = {"labels": cfg.labels}
     if cfg.labels == "builtin":
         path = cfg.data or os.path.join(cfg.out, "prefs.jsonl")

@@ -398,6 +398,8 @@ def main():
     p.add_argument("--padding", type=float, default=0.0, help="rate of filler-padded answers in SFT data")
     p.add_argument("--judge", type=float, default=0.0, help="judging conversations per SFT conversation")
     p.add_argument("--judge_records", type=int, default=4000, help="judging conversations in judge.jsonl (to train a judge)")
+    p.add_argument("--judge_reference_share", type=float, default=0.5,
+                   help="share of judge.jsonl's conversations that show a reference answer (reference-guided judging)")
     p.add_argument("--prefs", type=int, default=4000, help="number of preference training records")
     p.add_argument("--defects", type=float, default=None,
                    help="write only SFT data with this share of labelled defects to the file --out (nanopost/defects.py)")
@@ -406,6 +408,8 @@ def main():
     p.add_argument("--heldout_per_family", type=int, default=40,
                    help="--defects: held-out prompts per family in FILE.heldout.jsonl (at most the split's)")
     args = p.parse_args()
+    if not 0 <= args.judge_reference_share <= 1:
+        p.error(f"--judge_reference_share must be in [0, 1], got {args.judge_reference_share}")
     if args.defects is not None:
         from nanopost import defects
         return defects.main(args.defects, args.out, args.seed, args.n, args.defects_mode, args.heldout_per_family)
@@ -420,7 +424,8 @@ def main():
     write_jsonl(os.path.join(args.out, "rl_eval.jsonl"), rl_records(200, "eval", args.seed, suites))
     write_jsonl(os.path.join(args.out, "prefs.jsonl"), pw.preference_records(args.prefs, "train", args.seed))
     write_jsonl(os.path.join(args.out, "prefs_eval.jsonl"), pw.preference_records(400, "eval", args.seed, ranking_share=0))
-    write_jsonl(os.path.join(args.out, "judge.jsonl"), pw.judge_records(args.judge_records, args.seed))
+    write_jsonl(os.path.join(args.out, "judge.jsonl"), pw.judge_records(args.judge_records, args.seed,
+                                                                       reference_share=args.judge_reference_share))
     with open(os.path.join(args.out, "constitution.txt"), "w") as f:
         f.write(pw.CONSTITUTION)
     print(json.dumps({"out": args.out, "files": sorted(os.listdir(args.out))}))

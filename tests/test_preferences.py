@@ -14,7 +14,7 @@ import torch
 
 from nanopost import preference_world, world
 from nanopost.data import DataError, write_jsonl
-from nanopost.judge import judge_preference, load_constitution, model_judge
+from nanopost.judge import built_in_judge, judge_preference, likelihood_judge, load_constitution, model_judge
 from nanopost.losses import DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss, dpo_rewards
 from nanopost.model import GPT, GPTConfig, ScalarModel
 from nanopost.preferences import (
@@ -574,6 +574,54 @@ def test_reference_guided_judge_shows_its_own_answer(tok, model):
     assert "Reference" not in preference_world.judge_prompt("p", "q", "r")
 
 
+def reference_logp(model, tok, principle, question, response):
+    """log π(response | system principle, question), by hand: one unpadded float64 forward over the
+    whole conversation, log-softmax at every position that predicts a response token or its <|end|>."""
+    system_user = [{"role": "system", "content": principle}] + user(question)
+    prompt = render_prompt(tok, system_user)
+    ids = prompt + tok.encode(response) + [tok.end_id]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), dim=-1)  # (T, V)
+    return sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
+
+
+def test_likelihood_judge_against_a_float64_reference(tok, model):
+    questions = ["Hi?", "Capital of Peru?", "Why?", "What is the capital of France?", "Name it."]
+    a = ["Yes.", "Lima.", "Because it is so.", "The capital of France is Paris. " * 20, "Paris"]
+    b = ["No.", "Quito, I think.", "No.", "Rome.", "Paris"]
+    for tau in (1.0, 7.5):
+        judge = likelihood_judge(model, tok, temperature=tau, batch_size=2)  # chunks of 2: padding inside a chunk
+        p = judge(questions, a, b, "Be brief.")
+        assert p[3] == 0.5 and p[4] == 0.5          # A too long for block_size: no opinion; the same response: a tie
+        for i in range(3):
+            delta = (reference_logp(model, tok, "Be brief.", questions[i], a[i])
+                     - reference_logp(model, tok, "Be brief.", questions[i], b[i]))
+            assert abs(p[i] - 1 / (1 + math.exp(-delta / tau))) < 1e-5
+        assert max(abs(x - 0.5) for x in p[:3]) > 1e-3                      # the check above is not trivial
+        p_ba = judge(questions, b, a, "Be brief.")
+        assert all(abs(x + y - 1) < 1e-9 for x, y in zip(p, p_ba))           # antisymmetric: no position bias
+    with pytest.raises(ValueError, match="judge_temperature"):
+        likelihood_judge(model, tok, temperature=0.0)
+
+
+def test_likelihood_judge_reads_the_principle(tok, model):
+    """The principle is the system turn: a different principle changes the likelihoods."""
+    judge = likelihood_judge(model, tok, temperature=1000.0)  # far from saturation
+    q, a, b = ["Capital of Peru?"], ["Lima."], ["Quito, I think."]
+    assert abs(judge(q, a, b, "Be brief.")[0] - judge(q, a, b, "Prefer the correct answer.")[0]) > 1e-4
+
+
+def test_built_in_judge_picks_the_kind(tok, model):
+    q, a, b = ["Capital of Peru?"], ["Lima."], ["Quito, I think."]
+    assert built_in_judge(model, tok, "likelihood", temperature=2.0)(q, a, b, "p") == \
+        likelihood_judge(model, tok, 2.0)(q, a, b, "p")
+    assert built_in_judge(model, tok)(q, a, b, "p") == model_judge(model, tok)(q, a, b, "p")
+    with pytest.raises(ValueError, match="judge_reference"):
+        built_in_judge(model, tok, "likelihood", reference=True)
+    with pytest.raises(ValueError, match="unknown --judge_kind 'vote'"):
+        built_in_judge(model, tok, "vote")
+
+
 def test_judge_records_teach_both_verdicts_under_every_principle():
     records = preference_world.judge_records(400, seed=3)
     by_principle = {}
@@ -703,11 +751,13 @@ def test_world_cli_writes_preference_and_judge_files(tmp_path):
     import sys
     out = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "nanopost.world", "--out", str(out), "--sft", "20", "--rl", "10",
-                    "--prefs", "30", "--judge_records", "25"], check=True, capture_output=True, cwd=ROOT)
+                    "--prefs", "30", "--judge_records", "25", "--judge_reference_share", "1"],
+                   check=True, capture_output=True, cwd=ROOT)
     read = lambda name: [json.loads(line) for line in open(out / name)]
     assert len(read("prefs.jsonl")) == 30 and len(read("prefs_eval.jsonl")) == 400
     judging = read("judge.jsonl")
     assert len(judging) == 25 and all(r["messages"][1]["content"] in ("Verdict: yes", "Verdict: no") for r in judging)
+    assert all("\nReference: " in r["messages"][0]["content"] for r in judging)  # --judge_reference_share 1
     assert load_constitution(str(out / "constitution.txt")) == load_constitution()
 
 
@@ -754,3 +804,50 @@ def test_label_pairs_takes_the_best_and_worst_of_k_samples_by_each_labeller(monk
     # by hand: gold order good (15) > padded (14) > wrong (11) > cont (7); lengths good 31 < wrong 32 < cont 33 <
     # padded 56 -> the judge disagrees on (padded, wrong) and (padded, cont): 4 of 6 pairs agree
     assert report["agreement_with_gold_all_pairs"] == pytest.approx(4 / 6)
+
+
+def test_label_pairs_gives_the_judge_its_own_tokenizer(monkeypatch):
+    """A judge checkpoint reads text with its own tokenizer, not the policy's (they may differ)."""
+    import types
+    from nanopost import judge as judge_module
+    answers = ["The capital of France is Paris.", "? The capital of France is Paris."]
+    monkeypatch.setattr(judge_module, "chat_complete", lambda *a, **k: list(answers))
+    seen = {}
+
+    def fake_built_in_judge(model, tok, kind, reference, temperature):
+        seen.update(model=model, tok=tok, kind=kind, temperature=temperature)
+        return lambda q, a, b, principle: [0.9] * len(a)
+
+    monkeypatch.setattr(judge_module, "built_in_judge", fake_built_in_judge)
+    prompts = [{"prompt": user("What is the capital of France"), "metadata": {"gold": {"answer": "Paris", "max_words": 8}}}]
+    cfg = types.SimpleNamespace(seed=0, label_temperature=1.0, label_samples=2, labels="ai", constitution="",
+                                min_confidence=0.75, judge_kind="likelihood", judge_reference=False, judge_temperature=2.0)
+    policy, judge_model = torch.nn.Linear(1, 1), torch.nn.Linear(2, 2)
+    judge_module.label_pairs(policy, "policy tokenizer", prompts, cfg, judge_model=(judge_model, "judge tokenizer"))
+    assert seen == {"model": judge_model, "tok": "judge tokenizer", "kind": "likelihood", "temperature": 2.0}
+    judge_module.label_pairs(policy, "policy tokenizer", prompts, cfg)     # no judge checkpoint: the policy judges
+    assert seen["model"] is policy and seen["tok"] == "policy tokenizer"
+
+
+@pytest.mark.parametrize("kind", ["verdict", "likelihood"])
+def test_judge_scores_each_distinct_response_once(tok, model, kind):
+    """A response sampled with K-1 others meets 2(K-1) pairings: the built-in judges score each
+    distinct (principle, question, response) once and give the same probabilities as a fresh judge."""
+    rows = []
+    hook = model.register_forward_hook(lambda m, args, out: rows.append(args[0].size(0)))
+    try:
+        questions, responses = ["Capital of Peru?"] * 3, ["Lima.", "Quito.", "It is Lima."]
+        a = [responses[i] for i in (0, 0, 1)]
+        b = [responses[j] for j in (1, 2, 2)]
+        judge = built_in_judge(model, tok, kind)
+        first = judge_preference(judge, [(1.0, "Be brief.")], questions, a, b)
+        assert sum(rows) == 3                                           # 3 distinct responses, 12 lookups
+        again = judge_preference(judge, [(1.0, "Be brief.")], questions, b, a)
+        assert sum(rows) == 3                                           # nothing new to score
+        torch.testing.assert_close(again, 1 - first, atol=1e-9, rtol=0)
+        fresh = judge_preference(built_in_judge(model, tok, kind), [(1.0, "Be brief.")], questions, a, b)
+        torch.testing.assert_close(fresh, first, atol=0, rtol=0)
+        judge_preference(judge, [(1.0, "Be exact.")], questions, a, b)  # another principle: another prompt
+        assert sum(rows) == 9
+    finally:
+        hook.remove()
