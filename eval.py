@@ -34,7 +34,7 @@ from nanopost.common import RunLog, flag, parse_config, pick_device, set_seed
 from nanopost.evals import rate_with_interval, mean_with_interval
 from nanopost.evaluate import chat_complete, sampled_pass_at_k, verifiable_accuracy
 from nanopost.ifeval import ifeval_scores, instruction_records
-from nanopost.judge import JUDGE_KINDS, built_in_judge, load_constitution
+from nanopost.judge import built_in_judge, check_judge_flags, load_constitution
 from nanopost.knowledge import fact_questions, multiple_choice, perplexity
 from nanopost.llm_judge import (POINTWISE_RUBRIC, judge_questions, model_pointwise, pairwise_outcomes,
                                 pointwise_scores, win_rate)
@@ -122,8 +122,10 @@ def run(cfg):
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"eval.py: unknown --sections {sorted(unknown)}; use {','.join(SECTIONS)}")
-    if cfg.judge_kind not in JUDGE_KINDS:
-        raise SystemExit(f"eval.py: unknown --judge_kind {cfg.judge_kind!r}; use {' or '.join(JUDGE_KINDS)}")
+    try:
+        check_judge_flags(cfg.judge_kind)
+    except ValueError as e:
+        raise SystemExit(f"eval.py: {e}") from None
     ks = [int(k) for k in cfg.ks.split(",")]
     if any(not 1 <= k <= cfg.n_samples for k in ks):
         raise SystemExit(f"eval.py: every k in --ks {cfg.ks} must be in [1, --n_samples {cfg.n_samples}]")

@@ -174,14 +174,21 @@ def likelihood_judge(model, tok, temperature=1.0, batch_size=64):
 JUDGE_KINDS = ("verdict", "likelihood")
 
 
+def check_judge_flags(kind="verdict", reference=False, temperature=1.0):
+    """Refuse flags that do not make a built-in judge, before any sampling is spent (ValueError)."""
+    if kind not in JUDGE_KINDS:
+        raise ValueError(f"unknown --judge_kind {kind!r}; use {' or '.join(JUDGE_KINDS)}")
+    if kind == "likelihood" and reference:
+        raise ValueError("--judge_reference is for --judge_kind verdict (the likelihood judge has no reference)")
+    if kind == "likelihood" and not temperature > 0:
+        raise ValueError(f"--judge_temperature must be > 0, got {temperature}")
+
+
 def built_in_judge(model, tok, kind="verdict", reference=False, temperature=1.0):
     """The built-in judge by name (--judge_kind verdict | likelihood, --judge_reference, --judge_temperature)."""
+    check_judge_flags(kind, reference, temperature)
     if kind == "likelihood":
-        if reference:
-            raise ValueError("--judge_reference is for --judge_kind verdict (the likelihood judge has no reference)")
         return likelihood_judge(model, tok, temperature)
-    if kind != "verdict":
-        raise ValueError(f"unknown --judge_kind {kind!r}; use {' or '.join(JUDGE_KINDS)}")
     return model_judge(model, tok, reference=reference)
 
 

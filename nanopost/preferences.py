@@ -27,7 +27,7 @@ from nanopost.checkpoint import load_checkpoint
 from nanopost.common import RunConfig, flag
 from nanopost.data import load_records, read_jsonl, write_jsonl
 from nanopost.evaluate import chat_complete
-from nanopost.judge import JUDGE_KINDS, label_pairs
+from nanopost.judge import check_judge_flags, label_pairs
 from nanopost.model import ScalarModel, response_logprobs
 from nanopost.nexttoken import NonFiniteLoss, lr_at
 from nanopost.tokenizer import ConversationError, render_conversation, render_prompt
@@ -245,8 +245,7 @@ def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
     any user file; judge_model is the (model, tokenizer) behind the built-in judge (ai only)."""
     if cfg.labels not in ("builtin", "ai", "gold"):
         raise ValueError(f"unknown --labels {cfg.labels!r}; use builtin, ai or gold")
-    if cfg.judge_kind not in JUDGE_KINDS:
-        raise ValueError(f"unknown --judge_kind {cfg.judge_kind!r}; use {' or '.join(JUDGE_KINDS)}")
+    check_judge_flags(cfg.judge_kind, cfg.judge_reference, cfg.judge_temperature)
     report = {"labels": cfg.labels}
     if cfg.labels == "builtin":
         path = cfg.data or os.path.join(cfg.out, "prefs.jsonl")

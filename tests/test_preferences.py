@@ -620,6 +620,19 @@ def test_built_in_judge_picks_the_kind(tok, model):
         built_in_judge(model, tok, "likelihood", reference=True)
     with pytest.raises(ValueError, match="unknown --judge_kind 'vote'"):
         built_in_judge(model, tok, "vote")
+    with pytest.raises(ValueError, match="judge_temperature must be > 0"):
+        built_in_judge(model, tok, "likelihood", temperature=-1.0)
+
+
+def test_preference_data_refuses_bad_judge_flags_before_sampling(tmp_path):
+    """Bad judge flags stop before the policy samples anything (policy=None would fail if it did)."""
+    from nanopost.preferences import PreferenceConfig, preference_data
+    for flags, match in ((dict(judge_kind="vote"), "unknown --judge_kind"),
+                         (dict(judge_kind="likelihood", judge_reference=True), "judge_reference"),
+                         (dict(judge_kind="likelihood", judge_temperature=0.0), "judge_temperature")):
+        cfg = PreferenceConfig(labels="ai", out=str(tmp_path), **flags)
+        with pytest.raises(ValueError, match=match):
+            preference_data(cfg, None, None, 64, None)
 
 
 def test_judge_records_teach_both_verdicts_under_every_principle():
