@@ -35,7 +35,7 @@ import torch
 
 from nanopost import preference_world
 from nanopost.evaluate import chat_complete, next_token_logits
-from nanopost.model import response_logprobs
+from nanopost.knowledge import ids_logprobs
 from nanopost.tokenizer import ConversationError, render_conversation, render_prompt
 
 
@@ -129,37 +129,27 @@ def likelihood_judge(model, tok, temperature=1.0, batch_size=64):
     unlikely, whatever the principle says. Symmetric by construction (J(a, b) = 1 - J(b, a)), so the
     two orders of judge_preference agree; a response too long for the context gets no opinion (½).
     Each (principle, question, response) is scored once and remembered, as in model_judge."""
-    if not temperature > 0:
-        raise ValueError(f"--judge_temperature must be > 0, got {temperature}")
-    device = next(model.parameters()).device
-    block = model.config.block_size
+    check_judge_flags("likelihood", temperature=temperature)
     memo = {}  # (principle, question, response) -> log π, or None where it does not fit
 
-    @torch.no_grad()
     def logps(questions, responses, principle):
         """log π(response | principle, question) per response; None where it does not fit."""
         keys = [(principle, q, r) for q, r in zip(questions, responses)]
-        rows = []  # (key, token ids, start of the response) of each distinct new key that fits
+        rows, new = [], []  # (prompt ids, response ids + <|end|>) of each distinct new key that fits
         for key in dict.fromkeys(k for k in keys if k not in memo):
             prompt = [{"role": "system", "content": principle}, {"role": "user", "content": key[1]}]
             try:
-                ids, _ = render_conversation(tok, prompt + [{"role": "assistant", "content": key[2]}], max_len=block)
+                ids, _ = render_conversation(tok, prompt + [{"role": "assistant", "content": key[2]}],
+                                             max_len=model.config.block_size)
             except ConversationError:  # too long, or an empty response: no opinion
                 memo[key] = None
                 continue
-            rows.append((key, ids, len(render_prompt(tok, prompt))))
+            start = len(render_prompt(tok, prompt))
+            rows.append((ids[:start], ids[start:]))
+            new.append(key)
         was_training = model.training
         model.eval()  # no dropout in a judgement
-        rows.sort(key=lambda row: len(row[1]))  # batches of similar length: little padding
-        for lo in range(0, len(rows), batch_size):
-            chunk = rows[lo:lo + batch_size]
-            idx = torch.full((len(chunk), max(len(ids) for _, ids, _ in chunk)), tok.pad_id, dtype=torch.long)
-            response_mask = torch.zeros(idx.shape)
-            for b, (_, ids, start) in enumerate(chunk):
-                idx[b, :len(ids)] = torch.tensor(ids)
-                response_mask[b, start:len(ids)] = 1
-            totals = response_logprobs(model, idx.to(device), response_mask.to(device)).sum(1)  # (b,)
-            memo.update(zip([key for key, _, _ in chunk], totals.tolist()))
+        memo.update(zip(new, ids_logprobs(model, rows, tok.pad_id, batch_size)))
         model.train(was_training)
         return [memo[k] for k in keys]
 

@@ -69,30 +69,38 @@ def letter_prompt(item):
 
 
 @torch.no_grad()
-def continuation_logprobs(model, tok, contexts, continuations, batch_size=64):
-    """Σ_t log π(continuation token t | context, earlier continuation tokens) for each pair, with
-    <|bos|> before the context; context and continuation are encoded separately (their tokens are
-    concatenated). -> (list of sums, list of continuation token counts)."""
+def ids_logprobs(model, rows, pad_id, batch_size=64):
+    """Σ_t log π(continuation token t | context, earlier continuation tokens) for each (context ids,
+    continuation ids) row, in the input order; rows are batched by length (little padding), right-padded.
+    Every row must fit the model's context."""
     device = next(model.parameters()).device
+    sums = [0.0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo:lo + batch_size]
+        seqs = [rows[i][0] + rows[i][1] for i in chunk]
+        L = max(map(len, seqs))
+        idx = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(seqs), L - 1)
+        for b, (i, seq) in enumerate(zip(chunk, seqs)):
+            idx[b, :len(seq)] = torch.tensor(seq)
+            mask[b, len(rows[i][0]) - 1:len(seq) - 1] = 1  # position t predicts token t + 1
+        idx = idx.to(device)
+        logprobs = token_logprobs(model(idx[:, :-1]), idx[:, 1:]).cpu() * mask  # (b, L-1)
+        for i, total in zip(chunk, logprobs.double().sum(1).tolist()):
+            sums[i] = total
+    return sums
+
+
+def continuation_logprobs(model, tok, contexts, continuations, batch_size=64):
+    """ids_logprobs of text: <|bos|> before the context; context and continuation are encoded
+    separately (their tokens are concatenated). -> (list of sums, list of continuation token counts)."""
     rows = [([tok.bos_id] + tok.encode(c), tok.encode(x)) for c, x in zip(contexts, continuations)]
     block = model.config.block_size
     for ctx, cont in rows:
         if len(ctx) + len(cont) > block:
             raise ValueError(f"a scored text of {len(ctx) + len(cont)} tokens does not fit the context of {block}")
-    sums = []
-    for lo in range(0, len(rows), batch_size):
-        chunk = rows[lo:lo + batch_size]
-        seqs = [ctx + cont for ctx, cont in chunk]
-        L = max(map(len, seqs))
-        idx = torch.full((len(seqs), L), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(seqs), L - 1)
-        for b, ((ctx, cont), seq) in enumerate(zip(chunk, seqs)):
-            idx[b, :len(seq)] = torch.tensor(seq)
-            mask[b, len(ctx) - 1:len(seq) - 1] = 1  # position t predicts token t + 1
-        idx = idx.to(device)
-        logprobs = token_logprobs(model(idx[:, :-1]), idx[:, 1:]).cpu() * mask  # (b, L-1)
-        sums += logprobs.double().sum(1).tolist()
-    return sums, [len(cont) for _, cont in rows]
+    return ids_logprobs(model, rows, tok.pad_id, batch_size), [len(cont) for _, cont in rows]
 
 
 @torch.no_grad()
