@@ -58,7 +58,8 @@ class EvalConfig:
     rm: str = flag("", "reward-model checkpoint (train_rm.py) to score the answers with", "models")
     constitution: str = flag("", "the judge's constitution file (default: the built-in one)", "models")
     judge_kind: str = flag("verdict", "the pairwise judge: verdict (yes/no per response) | likelihood (the "
-                                      "response the judge finds more likely under the principle); nanopost/judge.py",
+                                      "response the judge finds more likely under the principle) | revision (the "
+                                      "response it would leave unchanged when revising it); nanopost/judge.py",
                            "models")
     # sizes
     sections: str = flag(",".join(SECTIONS), "comma-separated sections to run", "suite")

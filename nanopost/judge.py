@@ -20,7 +20,11 @@ and asking for two verdicts and a comparison stayed at chance in our runs.) Refe
 every judging prompt shows that answer as "Reference:", as MT-Bench's judge grades against one.
 The second built-in judge (--judge_kind likelihood, likelihood_judge) needs no judging format: told
 the principle as its system turn, the model prefers the response it would rather have written,
-P(A better) = σ((log π(A) - log π(B)) / τ), as multiple-choice benchmarks are scored.
+P(A better) = σ((log π(A) - log π(B)) / τ), as multiple-choice benchmarks are scored. The third
+(--judge_kind revision, revision_judge) is taught Constitutional AI's revision step: rewrite a
+response to follow one principle, changing nothing else; it prefers the response it would leave
+unchanged: p(A) = π(A | revise A), the probability that its revision changes nothing, is its
+verdict, and P(A better) = ½ + ½ (p_A - p_B) as for the verdict judge.
 
 Labelling a pair (a, b): under every principle k the judge is asked in both orders, which cancels
 position bias,   p_k = ½ (J(a, b) + 1 - J(b, a)),   and the principles are combined by weighted
@@ -117,27 +121,19 @@ def model_judge(model, tok, batch_size=64, reference=False):
     return judge
 
 
-def likelihood_judge(model, tok, temperature=1.0, batch_size=64):
-    """A second built-in judge (--judge_kind likelihood): the model is told the principle (as the
-    system turn) and the question, and prefers the response it would rather have written itself,
-        P(A better | principle) = σ((log π(A | principle, q) - log π(B | principle, q)) / τ),
-    log π summed over the response's tokens and its <|end|>, τ = temperature. This is how
-    lm-evaluation-harness scores multiple choice: no judging format to learn, and whatever the model
-    knows as a language model (the right capital, the shape of an answer) decides, where a verdict
-    head trained on a few dozen training countries learns lookups instead (README: measured). Its
-    preferences are the model's: a judge that never saw filler in its SFT data finds a padded answer
-    unlikely, whatever the principle says. Symmetric by construction (J(a, b) = 1 - J(b, a)), so the
-    two orders of judge_preference agree; a response too long for the context gets no opinion (½).
-    Each (principle, question, response) is scored once and remembered, as in model_judge."""
-    check_judge_flags("likelihood", temperature=temperature)
+def _response_logps(model, tok, prompt_of, batch_size):
+    """-> logps(questions, responses, principle): log π(response | prompt_of(principle, question,
+    response)) per response (messages ending with a user turn), summed over the response's tokens
+    and its <|end|>; None where the conversation does not fit the context (or the response is
+    empty). Each (principle, question, response) is scored once and remembered: the model must not
+    change while the judge is in use."""
     memo = {}  # (principle, question, response) -> log π, or None where it does not fit
 
     def logps(questions, responses, principle):
-        """log π(response | principle, question) per response; None where it does not fit."""
         keys = [(principle, q, r) for q, r in zip(questions, responses)]
         rows, new = [], []  # (prompt ids, response ids + <|end|>) of each distinct new key that fits
         for key in dict.fromkeys(k for k in keys if k not in memo):
-            prompt = [{"role": "system", "content": principle}, {"role": "user", "content": key[1]}]
+            prompt = prompt_of(*key)
             try:
                 ids, _ = render_conversation(tok, prompt + [{"role": "assistant", "content": key[2]}],
                                              max_len=model.config.block_size)
@@ -153,6 +149,24 @@ def likelihood_judge(model, tok, temperature=1.0, batch_size=64):
         model.train(was_training)
         return [memo[k] for k in keys]
 
+    return logps
+
+
+def likelihood_judge(model, tok, temperature=1.0, batch_size=64):
+    """A second built-in judge (--judge_kind likelihood): the model is told the principle (as the
+    system turn) and the question, and prefers the response it would rather have written itself,
+        P(A better | principle) = σ((log π(A | principle, q) - log π(B | principle, q)) / τ),
+    log π summed over the response's tokens and its <|end|>, τ = temperature. This is how
+    lm-evaluation-harness scores multiple choice: no judging format to learn, and whatever the model
+    knows as a language model (the right capital, the shape of an answer) decides, where a verdict
+    head trained on a few dozen training countries learns lookups instead (README: measured). Its
+    preferences are the model's: a judge that never saw filler in its SFT data finds a padded answer
+    unlikely, whatever the principle says. Symmetric by construction (J(a, b) = 1 - J(b, a)), so the
+    two orders of judge_preference agree; a response too long for the context gets no opinion (½)."""
+    check_judge_flags("likelihood", temperature=temperature)
+    logps = _response_logps(model, tok, lambda principle, q, r: [{"role": "system", "content": principle},
+                                                                 {"role": "user", "content": q}], batch_size)
+
     def judge(questions, responses_a, responses_b, principle):
         la, lb = logps(questions, responses_a, principle), logps(questions, responses_b, principle)
         return [0.5 if a is None or b is None else 1 / (1 + math.exp(-max(min((a - b) / temperature, 50), -50)))
@@ -161,24 +175,52 @@ def likelihood_judge(model, tok, temperature=1.0, batch_size=64):
     return judge
 
 
-JUDGE_KINDS = ("verdict", "likelihood")
+def revision_judge(model, tok, batch_size=64):
+    """A third built-in judge (--judge_kind revision), from Constitutional AI's revision step (§6):
+    the judge is taught (preference_world.revision_records) to rewrite a response so that it
+    follows one principle and to change nothing else, so a response that already follows it comes
+    back unchanged. Its verdict on a response is the probability that revising it changes nothing,
+        p(A) = π(A | revise A under the principle) = exp Σ_t log π(a_t | revise A, a_<t)
+    (the response's tokens and its <|end|>), and a pair is judged as model_judge judges its verdicts,
+        P(A better) = p_A (1 - p_B) + ½ [p_A p_B + (1 - p_A)(1 - p_B)] = ½ + ½ (p_A - p_B).
+    Copying costs little, so what decides is the tokens the principle objects to (a wrong capital,
+    where the judge's own knowledge predicts the right one; filler; lowercase), and what another
+    principle objects to is copied at no cost: each principle gets its own judgement, and two
+    responses that both need revising (p ≈ 0) get no preference. Symmetric by construction; a
+    response too long for the context gets no opinion (½)."""
+    logps = _response_logps(model, tok, lambda principle, q, r: [
+        {"role": "user", "content": preference_world.revision_prompt(principle, q, r)}], batch_size)
+
+    def judge(questions, responses_a, responses_b, principle):
+        la, lb = logps(questions, responses_a, principle), logps(questions, responses_b, principle)
+        return [0.5 if a is None or b is None else 0.5 + 0.5 * (math.exp(a) - math.exp(b)) for a, b in zip(la, lb)]
+
+    return judge
+
+
+JUDGE_KINDS = ("verdict", "likelihood", "revision")
 
 
 def check_judge_flags(kind="verdict", reference=False, temperature=1.0):
     """Refuse flags that do not make a built-in judge, before any sampling is spent (ValueError)."""
     if kind not in JUDGE_KINDS:
-        raise ValueError(f"unknown --judge_kind {kind!r}; use {' or '.join(JUDGE_KINDS)}")
-    if kind == "likelihood" and reference:
-        raise ValueError("--judge_reference is for --judge_kind verdict (the likelihood judge has no reference)")
+        raise ValueError(f"unknown --judge_kind {kind!r}; use {', '.join(JUDGE_KINDS)}")
+    if kind != "verdict" and reference:
+        raise ValueError(f"--judge_reference is for --judge_kind verdict (the {kind} judge has no reference)")
     if kind == "likelihood" and not temperature > 0:
         raise ValueError(f"--judge_temperature must be > 0, got {temperature}")
+    if kind != "likelihood" and temperature != 1.0:
+        raise ValueError(f"--judge_temperature is for --judge_kind likelihood (the {kind} judge has none)")
 
 
 def built_in_judge(model, tok, kind="verdict", reference=False, temperature=1.0):
-    """The built-in judge by name (--judge_kind verdict | likelihood, --judge_reference, --judge_temperature)."""
+    """The built-in judge by name (--judge_kind verdict | likelihood | revision, --judge_reference,
+    --judge_temperature)."""
     check_judge_flags(kind, reference, temperature)
     if kind == "likelihood":
         return likelihood_judge(model, tok, temperature)
+    if kind == "revision":
+        return revision_judge(model, tok)
     return model_judge(model, tok, reference=reference)
 
 
@@ -191,6 +233,9 @@ def judge_preference(judge, constitution, questions, responses_a, responses_b):
         p = (0.5 * (p_ab + 1 - p_ba)).clamp(1e-6, 1 - 1e-6)
         score += weight * torch.log(p / (1 - p))
     return torch.sigmoid(score)
+
+
+LABEL_MAX_NEW_TOKENS = 64  # room for a padded answer to finish (at 32, most were cut off mid-filler)
 
 
 def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
@@ -210,7 +255,7 @@ def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
         raise ValueError(f"--label_samples must be at least 2, got {k}")
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed + 17)
     conversations = [r["prompt"] for r in prompts for _ in range(k)]
-    answers = chat_complete(policy, tok, conversations, 32, temperature=cfg.label_temperature, generator=generator)
+    answers = chat_complete(policy, tok, conversations, LABEL_MAX_NEW_TOKENS, temperature=cfg.label_temperature, generator=generator)
     # an empty answer cannot be a §7 response, and two equal answers are no comparison
     groups = []  # (prompt record, [distinct non-empty answers])
     for i, r in enumerate(prompts):

@@ -6,6 +6,7 @@ cities, uppercase requests), so every preference, and every answer a model write
   preference_records  §7 pairs of four kinds (one defect each) and best-first rankings (InstructGPT)
   preference_prompts  held-out questions for the ground-truth preference rate; training prompts for RLHF
   judge_records       SFT conversations that teach the built-in AI judge its format (§6 RLAIF)
+  revision_records    SFT conversations that teach the revision judge to revise under a principle (§6)
 
 Items are split as in world.py (split_of on the country or word), so held-out preference questions
 are about items no training record mentions.
@@ -86,6 +87,14 @@ def preference_question(rng):
     return q
 
 
+def _questions_of(split, rng):
+    """Preference questions about items of one split, drawn from rng, without end."""
+    while True:
+        q = preference_question(rng)
+        if split_of(q.key) == split:
+            yield q
+
+
 def _same_split(q):
     """Countries and words of q's split: a wrong answer or a continuation names only these, so a
     held-out item never appears in training data at all (not even as the rejected side, which
@@ -123,15 +132,26 @@ def _continuation(q, rng):
                        "? Write your answers below.", f"and the capital of {other}?"])
 
 
-def _with_defects(q, rng, defects):
+def _compose(q, parts, defects):
     """The reference answer with the named defects: "direct" (a continuation instead, §1),
-    "correct" (a wrong answer), "format" (ignores the requested format), "concise" (filler)."""
+    "correct" (a wrong answer), "format" (ignores the requested format), "concise" (filler).
+    parts holds the random material the defects need ("continuation", "wrong", "filler"), so
+    one response can be composed with and without a defect (revision_records)."""
     if "direct" in defects:
-        return _continuation(q, rng)
-    text = _wrong(q, rng) if "correct" in defects else q.reference
+        return parts["continuation"]
+    text = parts["wrong"] if "correct" in defects else q.reference
     if "format" in defects and q.gold.get("format") and text == q.reference:
         text = _unformatted(q)
-    return pad_answer(text, rng) if "concise" in defects else text
+    return parts["filler"][0] + text + parts["filler"][1] if "concise" in defects else text
+
+
+def _with_defects(q, rng, defects):
+    """The reference answer with the named defects (_compose), drawing only the material they need."""
+    if "direct" in defects:
+        return _compose(q, {"continuation": _continuation(q, rng)}, defects)
+    parts = {"wrong": _wrong(q, rng) if "correct" in defects else None}
+    parts["filler"] = rng.choice(FILLER) if "concise" in defects else None  # pad_answer's draw
+    return _compose(q, parts, defects)
 
 
 def random_response(q, rng):
@@ -261,11 +281,9 @@ def judge_records(n, seed=0, split="train", reference_share=0.5):
     answers), so the judge learns to check a response against a reference; at judging time the
     reference is the judge's own answer (judge.model_judge(reference=True)), never the ground truth."""
     rng = random.Random(f"{seed}|judge|{split}")
-    records = []
+    questions, records = _questions_of(split, rng), []
     while len(records) < n:
-        q = preference_question(rng)
-        if split_of(q.key) != split:
-            continue
+        q = next(questions)
         names = [k for k in PRINCIPLES if k != "format" or q.gold.get("format")]
         name = rng.choice(names)
         others = {d for d in ("correct", "format", "concise") if d != name and rng.random() < 0.25}
@@ -277,6 +295,41 @@ def judge_records(n, seed=0, split="train", reference_share=0.5):
                                      {"role": "assistant",
                                       "content": judge_verdict(gold_checks(q.gold, response)[name])}],
                         "family": "judge"})
+    return records
+
+
+def revision_prompt(principle, question, response):
+    """The revision judge's format (judge.revision_judge): Constitutional AI's revision step (§6),
+    one principle, the question and the response to rewrite so that it follows the principle."""
+    return (f"Principle: {principle}\nQuestion: {question}\nResponse: {response}\n"
+            f"Rewrite the response to follow the principle.")
+
+
+def revision_records(n, seed=0, split="train", truncate_share=0.15):
+    """SFT conversations that teach revision under one principle (revision_prompt): a response
+    with random defects (its principle's half the time) and, as the answer, the same response with
+    only that principle's defect removed, so a response that already follows the principle is
+    copied unchanged. A share truncate_share of the responses is cut short at a random character
+    (a weak sampler's unfinished answer); one that no longer follows the principle is revised to
+    the whole answer. Every record agrees with the ground truth: the answer equals the response
+    exactly when gold_checks says the response follows the principle, and the answer follows it."""
+    rng = random.Random(f"{seed}|revise|{split}")
+    questions, records = _questions_of(split, rng), []
+    while len(records) < n:
+        q = next(questions)
+        parts = {"continuation": _continuation(q, rng), "wrong": _wrong(q, rng), "filler": rng.choice(FILLER)}
+        name = rng.choice([k for k in PRINCIPLES if k != "format" or q.gold.get("format")])
+        defects = {d for d, rate in (("direct", 0.1), ("correct", 0.3), ("format", 0.3), ("concise", 0.3))
+                   if rng.random() < rate} | ({name} if rng.random() < 0.5 else set())
+        response, revised = _compose(q, parts, defects), _compose(q, parts, defects - {name})
+        if rng.random() < truncate_share:
+            response = response[:rng.randint(1, max(1, len(response) - 1))].rstrip() or response[:1]
+            if gold_checks(q.gold, response)[name]:
+                revised = response
+        if (gold_checks(q.gold, response)[name] == 1) != (revised == response) or not gold_checks(q.gold, revised)[name]:
+            continue  # e.g. a continuation that never named the answer, "revised" under another principle
+        records.append({"messages": [{"role": "user", "content": revision_prompt(PRINCIPLES[name], q.prompt, response)},
+                                     {"role": "assistant", "content": revised}], "family": "revise"})
     return records
 
 

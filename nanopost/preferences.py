@@ -233,7 +233,9 @@ class PreferenceConfig(RunConfig):
                                         "itself and checks the responses against its own answer", "preferences")
     judge_kind: str = flag("verdict", "--labels ai: verdict (the judge answers yes/no per response, a format the SFT "
                                       "mix teaches) | likelihood (it prefers the response it finds more likely "
-                                      "under the principle; nanopost/judge.py)", "preferences")
+                                      "under the principle) | revision (it prefers the response it would leave "
+                                      "unchanged when revising it under the principle; nanopost/judge.py)",
+                           "preferences")
     judge_temperature: float = flag(1.0, "--judge_kind likelihood: τ in σ(Δ log π / τ)", "preferences")
     min_confidence: float = flag(0.75, "--labels ai: keep pairs the judge prefers with at least this probability",
                                  "preferences")

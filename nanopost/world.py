@@ -400,6 +400,8 @@ def main():
     p.add_argument("--judge_records", type=int, default=4000, help="judging conversations in judge.jsonl (to train a judge)")
     p.add_argument("--judge_reference_share", type=float, default=0.5,
                    help="share of judge.jsonl's conversations that show a reference answer (reference-guided judging)")
+    p.add_argument("--revision_records", type=int, default=0,
+                   help="revision conversations in revise.jsonl (to train the revision judge; 0: no file)")
     p.add_argument("--prefs", type=int, default=4000, help="number of preference training records")
     p.add_argument("--defects", type=float, default=None,
                    help="write only SFT data with this share of labelled defects to the file --out (nanopost/defects.py)")
@@ -426,6 +428,8 @@ def main():
     write_jsonl(os.path.join(args.out, "prefs_eval.jsonl"), pw.preference_records(400, "eval", args.seed, ranking_share=0))
     write_jsonl(os.path.join(args.out, "judge.jsonl"), pw.judge_records(args.judge_records, args.seed,
                                                                        reference_share=args.judge_reference_share))
+    if args.revision_records > 0:
+        write_jsonl(os.path.join(args.out, "revise.jsonl"), pw.revision_records(args.revision_records, args.seed))
     with open(os.path.join(args.out, "constitution.txt"), "w") as f:
         f.write(pw.CONSTITUTION)
     print(json.dumps({"out": args.out, "files": sorted(os.listdir(args.out))}))

@@ -14,7 +14,8 @@ import torch
 
 from nanopost import preference_world, world
 from nanopost.data import DataError, write_jsonl
-from nanopost.judge import built_in_judge, judge_preference, likelihood_judge, load_constitution, model_judge
+from nanopost.judge import (built_in_judge, judge_preference, likelihood_judge, load_constitution, model_judge,
+                            revision_judge)
 from nanopost.losses import DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss, dpo_rewards
 from nanopost.model import GPT, GPTConfig, ScalarModel
 from nanopost.preferences import (
@@ -611,13 +612,123 @@ def test_likelihood_judge_reads_the_principle(tok, model):
     assert abs(judge(q, a, b, "Be brief.")[0] - judge(q, a, b, "Prefer the correct answer.")[0]) > 1e-4
 
 
+def revision_reference_logp(model, tok, principle, question, response):
+    """log π(response | the revision prompt holding that same response), by hand in float64."""
+    prompt = render_prompt(tok, user(preference_world.revision_prompt(principle, question, response)))
+    ids = prompt + tok.encode(response) + [tok.end_id]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), dim=-1)  # (T, V)
+    return sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
+
+
+def test_revision_judge_against_a_float64_reference(tok, model):
+    """p(X) = π(X | revise X) = exp Σ log π (the chance that revising X changes nothing), and
+    P(A better) = ½ + ½ (p_A - p_B); each response is scored as the revision of itself, in its own prompt."""
+    questions = ["Hi?", "Capital of Peru?", "Why?", "What is the capital of France?", "Name it."]
+    a = ["Yes.", "Lima.", "Because.", "The capital of France is Paris. " * 20, "Paris"]
+    b = ["No.", "Quito.", "No.", "Rome.", "Paris"]
+    principle = preference_world.PRINCIPLES["correct"]
+    judge = revision_judge(model, tok, batch_size=2)  # chunks of 2: padding inside a chunk
+    p = judge(questions, a, b, principle)
+    assert p[3] == 0.5 and p[4] == 0.5          # A too long for block_size: no opinion; the same response: a tie
+    for i in range(3):
+        p_a = math.exp(revision_reference_logp(model, tok, principle, questions[i], a[i]))
+        p_b = math.exp(revision_reference_logp(model, tok, principle, questions[i], b[i]))
+        assert abs(p[i] - (0.5 + 0.5 * (p_a - p_b))) < 1e-9
+    assert max(abs(x - 0.5) for x in p[:3]) > 1e-12
+    p_ba = judge(questions, b, a, principle)
+    assert all(abs(x + y - 1) < 1e-12 for x, y in zip(p, p_ba))              # antisymmetric: no position bias
+    # the response is in the prompt: the score is not log π(A | principle, q) of the likelihood judge
+    assert abs(revision_reference_logp(model, tok, principle, "Hi?", "Yes.")
+               - reference_logp(model, tok, principle, "Hi?", "Yes.")) > 1e-3
+
+
+def test_revision_judge_decides_by_the_copy():
+    """A hand-built model whose every prediction is the token it reads (a perfect copier) revises
+    nothing: p = 1 for any response, so no pair has a preference; one that never predicts the copy
+    (uniform logits) gives p = V^-(n+1) for a response of n tokens: the shorter one wins, by exactly
+    ½ (p_A - p_B)."""
+    from nanopost.tokenizer import Tokenizer
+
+    class Echo(torch.nn.Module):  # logits favour, at each position, the token at the *next* position
+        def __init__(self, config, ids_of, uniform):
+            super().__init__()
+            self.config, self.ids_of, self.uniform, self.w = config, ids_of, uniform, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, idx, **kw):
+            B, T = idx.shape
+            logits = torch.zeros(B, T, self.config.vocab_size)
+            if not self.uniform:
+                for b in range(B):
+                    row = self.ids_of(idx[b].tolist())  # the full sequence this row is the prefix of
+                    for t in range(T - 1):
+                        logits[b, t, row[t + 1]] = 80.0
+            return logits + 0 * self.w
+
+    tok = Tokenizer.train("abc def ghi " * 50, vocab_size=300)
+    full = {}  # response -> its whole rendered revision conversation
+
+    def ids_of(row):  # a (right-padded) row holds a prefix of one conversation: which one
+        return next(v for v in full.values() if all(x == y for x, y in zip(row, v))) + [tok.pad_id] * len(row)
+    config = GPTConfig(block_size=256, vocab_size=tok.enc.n_vocab, n_layer=1, n_head=1, n_embd=8)
+    q, a, b = ["abc?"], ["def"], ["def ghi abc"]
+    from nanopost.tokenizer import render_conversation
+    for r in a + b:
+        ids, _ = render_conversation(tok, [{"role": "user", "content": preference_world.revision_prompt("p", q[0], r)},
+                                           {"role": "assistant", "content": r}])
+        full[r] = ids
+    copier = revision_judge(Echo(config, ids_of, uniform=False), tok)
+    assert abs(copier(q, a, b, "p")[0] - 0.5) < 1e-12
+    uniform = revision_judge(Echo(config, ids_of, uniform=True), tok)
+    n_a, n_b = len(tok.encode(a[0])) + 1, len(tok.encode(b[0])) + 1
+    V = tok.enc.n_vocab
+    assert abs(uniform(q, a, b, "p")[0] - (0.5 + 0.5 * (V ** -n_a - V ** -n_b))) < 1e-12
+
+
+def test_revision_records_agree_with_the_ground_truth():
+    """The answer is the response unchanged exactly when the ground truth says the response follows
+    the principle, and the answer always follows it; every principle both ways; truncated responses
+    are there; training items only; the same seed gives the same records."""
+    import random
+    records = preference_world.revision_records(600, seed=4)
+    assert records == preference_world.revision_records(600, seed=4)
+    by_text = {v: k for k, v in preference_world.PRINCIPLES.items()}
+    rng = random.Random("any")  # every question's ground truth, by its prompt
+    questions = {}
+    for _ in range(20000):
+        q = preference_world.preference_question(rng)
+        questions[q.prompt] = q.gold
+    counts, truncated = {}, 0
+    for r in records:
+        prompt, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        principle = by_text[prompt.split("\n")[0][len("Principle: "):]]
+        question = prompt.split("\n")[1][len("Question: "):]
+        response = prompt.split("\nResponse: ", 1)[1].rsplit("\nRewrite the response to follow the principle.", 1)[0]
+        assert prompt == preference_world.revision_prompt(preference_world.PRINCIPLES[principle], question, response)
+        gold = questions[question]
+        follows = preference_world.gold_checks(gold, response)[principle]
+        assert (answer == response) == bool(follows), r
+        assert preference_world.gold_checks(gold, answer)[principle] == 1, r
+        counts[principle, follows] = counts.get((principle, follows), 0) + 1
+        truncated += not (response.endswith((".", "?", "!")) or response.isupper() or response.isalpha())
+    assert set(counts) == {(k, f) for k in preference_world.PRINCIPLES for f in (0, 1)}, counts
+    assert min(counts.values()) > 10 and truncated > 30
+    held_out = preference_world.revision_records(50, seed=4, split="eval")
+    assert not {r["messages"][0]["content"] for r in held_out} & {r["messages"][0]["content"] for r in records}
+
+
 def test_built_in_judge_picks_the_kind(tok, model):
     q, a, b = ["Capital of Peru?"], ["Lima."], ["Quito, I think."]
     assert built_in_judge(model, tok, "likelihood", temperature=2.0)(q, a, b, "p") == \
         likelihood_judge(model, tok, 2.0)(q, a, b, "p")
     assert built_in_judge(model, tok)(q, a, b, "p") == model_judge(model, tok)(q, a, b, "p")
-    with pytest.raises(ValueError, match="judge_reference"):
-        built_in_judge(model, tok, "likelihood", reference=True)
+    assert built_in_judge(model, tok, "revision")(q, a, b, "p") == revision_judge(model, tok)(q, a, b, "p")
+    for kind in ("likelihood", "revision"):
+        with pytest.raises(ValueError, match="judge_reference"):
+            built_in_judge(model, tok, kind, reference=True)
+    for kind in ("verdict", "revision"):  # a flag that would do nothing is refused
+        with pytest.raises(ValueError, match="judge_temperature is for --judge_kind likelihood"):
+            built_in_judge(model, tok, kind, temperature=2.0)
     with pytest.raises(ValueError, match="unknown --judge_kind 'vote'"):
         built_in_judge(model, tok, "vote")
     with pytest.raises(ValueError, match="judge_temperature must be > 0"):
@@ -764,13 +875,14 @@ def test_world_cli_writes_preference_and_judge_files(tmp_path):
     import sys
     out = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "nanopost.world", "--out", str(out), "--sft", "20", "--rl", "10",
-                    "--prefs", "30", "--judge_records", "25", "--judge_reference_share", "1"],
+                    "--prefs", "30", "--judge_records", "25", "--judge_reference_share", "1", "--revision_records", "15"],
                    check=True, capture_output=True, cwd=ROOT)
     read = lambda name: [json.loads(line) for line in open(out / name)]
     assert len(read("prefs.jsonl")) == 30 and len(read("prefs_eval.jsonl")) == 400
     judging = read("judge.jsonl")
     assert len(judging) == 25 and all(r["messages"][1]["content"] in ("Verdict: yes", "Verdict: no") for r in judging)
     assert all("\nReference: " in r["messages"][0]["content"] for r in judging)  # --judge_reference_share 1
+    assert read("revise.jsonl") == preference_world.revision_records(15, seed=0)
     assert load_constitution(str(out / "constitution.txt")) == load_constitution()
 
 
@@ -842,7 +954,7 @@ def test_label_pairs_gives_the_judge_its_own_tokenizer(monkeypatch):
     assert seen["model"] is policy and seen["tok"] == "policy tokenizer"
 
 
-@pytest.mark.parametrize("kind", ["verdict", "likelihood"])
+@pytest.mark.parametrize("kind", ["verdict", "likelihood", "revision"])
 def test_judge_scores_each_distinct_response_once(tok, model, kind):
     """A response sampled with K-1 others meets 2(K-1) pairings: the built-in judges score each
     distinct (principle, question, response) once and give the same probabilities as a fresh judge."""
