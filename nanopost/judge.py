@@ -195,6 +195,7 @@ def revision_judge(model, tok, batch_size=64):
         la, lb = logps(questions, responses_a, principle), logps(questions, responses_b, principle)
         return [0.5 if a is None or b is None else 0.5 + 0.5 * (math.exp(a) - math.exp(b)) for a, b in zip(la, lb)]
 
+    judge.logps = logps  # log p per response: the verdicts in log space (tests, analysis)
     return judge
 
 

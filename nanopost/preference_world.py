@@ -89,6 +89,8 @@ def preference_question(rng):
 
 def _questions_of(split, rng):
     """Preference questions about items of one split, drawn from rng, without end."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"unknown split {split!r}; use train or eval")
     while True:
         q = preference_question(rng)
         if split_of(q.key) == split:
@@ -321,6 +323,8 @@ def revision_records(n, seed=0, split="train", truncate_share=0.15):
         name = rng.choice([k for k in PRINCIPLES if k != "format" or q.gold.get("format")])
         defects = {d for d, rate in (("direct", 0.1), ("correct", 0.3), ("format", 0.3), ("concise", 0.3))
                    if rng.random() < rate} | ({name} if rng.random() < 0.5 else set())
+        if "correct" in defects:  # a wrong answer keeps the requested format (_compose), so has no format defect
+            defects.discard("format")  # to reappear when "correct" is revised away
         response, revised = _compose(q, parts, defects), _compose(q, parts, defects - {name})
         if rng.random() < truncate_share:
             response = response[:rng.randint(1, max(1, len(response) - 1))].rstrip() or response[:1]

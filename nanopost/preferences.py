@@ -247,7 +247,8 @@ def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
     any user file; judge_model is the (model, tokenizer) behind the built-in judge (ai only)."""
     if cfg.labels not in ("builtin", "ai", "gold"):
         raise ValueError(f"unknown --labels {cfg.labels!r}; use builtin, ai or gold")
-    check_judge_flags(cfg.judge_kind, cfg.judge_reference, cfg.judge_temperature)
+    if cfg.labels == "ai":
+        check_judge_flags(cfg.judge_kind, cfg.judge_reference, cfg.judge_temperature)
     report = {"labels": cfg.labels}
     if cfg.labels == "builtin":
         path = cfg.data or os.path.join(cfg.out, "prefs.jsonl")

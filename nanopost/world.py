@@ -410,6 +410,8 @@ def main():
     p.add_argument("--heldout_per_family", type=int, default=40,
                    help="--defects: held-out prompts per family in FILE.heldout.jsonl (at most the split's)")
     args = p.parse_args()
+    if args.revision_records < 0:
+        p.error(f"--revision_records must be >= 0, got {args.revision_records}")
     if not 0 <= args.judge_reference_share <= 1:
         p.error(f"--judge_reference_share must be in [0, 1], got {args.judge_reference_share}")
     if args.defects is not None:

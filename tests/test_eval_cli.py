@@ -82,12 +82,13 @@ def test_eval_table_and_sections_flag(runs, capsys):
         eval_script.evaluate_checkpoints([str(runs / "sft" / "ckpt")], sections="nope", out=str(runs / "x"))
 
 
-def test_eval_pairwise_likelihood_judge(runs):
-    """--judge_kind likelihood: the baseline against itself ties exactly (the judge is antisymmetric);
-    an unknown kind stops before any work."""
-    kw = dict(sections="prefs", quick=True, judge_kind="likelihood", baseline=str(runs / "base" / "ckpt"))
+@pytest.mark.parametrize("kind", ["likelihood", "revision"])
+def test_eval_pairwise_logprob_judges(runs, kind):
+    """--judge_kind likelihood | revision: the baseline against itself ties exactly (the judges are
+    antisymmetric); an unknown kind stops before any work."""
+    kw = dict(sections="prefs", quick=True, judge_kind=kind, baseline=str(runs / "base" / "ckpt"))
     summary = eval_script.evaluate_checkpoints([str(runs / "base" / "ckpt"), str(runs / "sft" / "ckpt")],
-                                               out=str(runs / "eval_lj"), **kw)
+                                               out=str(runs / f"eval_{kind}"), **kw)
     base, sft = (summary["checkpoints"][str(runs / name / "ckpt")]["prefs"] for name in ("base", "sft"))
     assert base["judge_pairwise"]["win_rate"] == 0.5 and base["judge_pairwise"]["ties"] == base["judge_pairwise"]["n"]
     assert sft["judge_pairwise"]["n"] == 6 and 0 <= sft["judge_pairwise"]["win_rate"] <= 1

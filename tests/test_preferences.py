@@ -622,67 +622,85 @@ def revision_reference_logp(model, tok, principle, question, response):
 
 
 def test_revision_judge_against_a_float64_reference(tok, model):
-    """p(X) = π(X | revise X) = exp Σ log π (the chance that revising X changes nothing), and
-    P(A better) = ½ + ½ (p_A - p_B); each response is scored as the revision of itself, in its own prompt."""
+    """log p(X) = log π(X | revise X) (the chance that revising X changes nothing) against a float64
+    hand computation, and P(A better) = ½ + ½ (p_A - p_B) from those; each response is scored as
+    the revision of itself, in its own prompt."""
     questions = ["Hi?", "Capital of Peru?", "Why?", "What is the capital of France?", "Name it."]
     a = ["Yes.", "Lima.", "Because.", "The capital of France is Paris. " * 20, "Paris"]
     b = ["No.", "Quito.", "No.", "Rome.", "Paris"]
     principle = preference_world.PRINCIPLES["correct"]
     judge = revision_judge(model, tok, batch_size=2)  # chunks of 2: padding inside a chunk
+    la, lb = judge.logps(questions, a, principle), judge.logps(questions, b, principle)
+    assert la[3] is None                         # too long for block_size: no score, and no opinion
+    for i in (0, 1, 2, 4):
+        assert abs(la[i] - revision_reference_logp(model, tok, principle, questions[i], a[i])) < 1e-4
+        assert abs(lb[i] - revision_reference_logp(model, tok, principle, questions[i], b[i])) < 1e-4
+    assert la[0] != lb[0]
     p = judge(questions, a, b, principle)
-    assert p[3] == 0.5 and p[4] == 0.5          # A too long for block_size: no opinion; the same response: a tie
+    assert p[3] == 0.5 and p[4] == 0.5           # no opinion; the same response: a tie
     for i in range(3):
-        p_a = math.exp(revision_reference_logp(model, tok, principle, questions[i], a[i]))
-        p_b = math.exp(revision_reference_logp(model, tok, principle, questions[i], b[i]))
-        assert abs(p[i] - (0.5 + 0.5 * (p_a - p_b))) < 1e-9
-    assert max(abs(x - 0.5) for x in p[:3]) > 1e-12
+        assert p[i] == 0.5 + 0.5 * (math.exp(la[i]) - math.exp(lb[i]))
     p_ba = judge(questions, b, a, principle)
     assert all(abs(x + y - 1) < 1e-12 for x, y in zip(p, p_ba))              # antisymmetric: no position bias
     # the response is in the prompt: the score is not log π(A | principle, q) of the likelihood judge
-    assert abs(revision_reference_logp(model, tok, principle, "Hi?", "Yes.")
-               - reference_logp(model, tok, principle, "Hi?", "Yes.")) > 1e-3
+    assert abs(la[0] - reference_logp(model, tok, principle, questions[0], a[0])) > 1e-3
 
 
 def test_revision_judge_decides_by_the_copy():
-    """A hand-built model whose every prediction is the token it reads (a perfect copier) revises
-    nothing: p = 1 for any response, so no pair has a preference; one that never predicts the copy
-    (uniform logits) gives p = V^-(n+1) for a response of n tokens: the shorter one wins, by exactly
-    ½ (p_A - p_B)."""
-    from nanopost.tokenizer import Tokenizer
+    """Hand-built models that know each row's whole conversation: one that predicts every next token
+    (a perfect reviser of a response that needs nothing) gives log p = 0 for any response and no
+    preference; one that refuses to copy a token ('ghi', as a judge refuses a wrong capital) gives
+    p ≈ 0 to the response holding it, so the other wins with P ≈ 1 (and ≈ 0 the other way round);
+    uniform logits give p = V^-(n+1) for a response of n tokens. Two questions per call: rows of
+    different lengths padded in one batch."""
+    from nanopost.tokenizer import Tokenizer, render_conversation
 
-    class Echo(torch.nn.Module):  # logits favour, at each position, the token at the *next* position
-        def __init__(self, config, ids_of, uniform):
+    class Oracle(torch.nn.Module):
+        def __init__(self, config, ids_of, mode, refuse=None):
             super().__init__()
-            self.config, self.ids_of, self.uniform, self.w = config, ids_of, uniform, torch.nn.Parameter(torch.zeros(1))
+            self.config, self.ids_of, self.mode, self.refuse = config, ids_of, mode, refuse
+            self.w = torch.nn.Parameter(torch.zeros(1))
 
         def forward(self, idx, **kw):
             B, T = idx.shape
             logits = torch.zeros(B, T, self.config.vocab_size)
-            if not self.uniform:
+            if self.mode != "uniform":
                 for b in range(B):
-                    row = self.ids_of(idx[b].tolist())  # the full sequence this row is the prefix of
-                    for t in range(T - 1):
-                        logits[b, t, row[t + 1]] = 80.0
+                    row = self.ids_of(idx[b].tolist())  # the whole conversation this row is a prefix of
+                    for t in range(T):
+                        target = row[t + 1]
+                        if target == self.refuse:  # predict something else instead
+                            target = (target + 1) % self.config.vocab_size
+                        logits[b, t, target] = 80.0
             return logits + 0 * self.w
 
     tok = Tokenizer.train("abc def ghi " * 50, vocab_size=300)
-    full = {}  # response -> its whole rendered revision conversation
+    questions, a, b = ["abc?", "abc def?"], ["def", "abc def"], ["def ghi abc", "abc ghi"]
+    full = {}  # (question, response) -> the whole rendered revision conversation, <|end|> included
+    for q, r in zip(questions * 2, a + b):
+        full[q, r], _ = render_conversation(tok, [{"role": "user", "content": preference_world.revision_prompt("p", q, r)},
+                                                  {"role": "assistant", "content": r}])
 
-    def ids_of(row):  # a (right-padded) row holds a prefix of one conversation: which one
-        return next(v for v in full.values() if all(x == y for x, y in zip(row, v))) + [tok.pad_id] * len(row)
-    config = GPTConfig(block_size=256, vocab_size=tok.enc.n_vocab, n_layer=1, n_head=1, n_embd=8)
-    q, a, b = ["abc?"], ["def"], ["def ghi abc"]
-    from nanopost.tokenizer import render_conversation
-    for r in a + b:
-        ids, _ = render_conversation(tok, [{"role": "user", "content": preference_world.revision_prompt("p", q[0], r)},
-                                           {"role": "assistant", "content": r}])
-        full[r] = ids
-    copier = revision_judge(Echo(config, ids_of, uniform=False), tok)
-    assert abs(copier(q, a, b, "p")[0] - 0.5) < 1e-12
-    uniform = revision_judge(Echo(config, ids_of, uniform=True), tok)
-    n_a, n_b = len(tok.encode(a[0])) + 1, len(tok.encode(b[0])) + 1
+    def ids_of(row):  # a (right-padded) row holds a prefix of exactly one conversation
+        match = [v for v in full.values() if all(x == y for x, y in zip(row, v))]
+        assert len(match) == 1
+        return match[0] + [tok.pad_id] * (len(row) + 1)
+
     V = tok.enc.n_vocab
-    assert abs(uniform(q, a, b, "p")[0] - (0.5 + 0.5 * (V ** -n_a - V ** -n_b))) < 1e-12
+    config = GPTConfig(block_size=256, vocab_size=V, n_layer=1, n_head=1, n_embd=8)
+    copier = revision_judge(Oracle(config, ids_of, "copy"), tok)
+    assert all(abs(x) < 1e-9 for x in copier.logps(questions, a, "p") + copier.logps(questions, b, "p"))
+    assert all(abs(x - 0.5) < 1e-9 for x in copier(questions, a, b, "p"))
+    (ghi,) = tok.encode(" ghi")  # one token, in both of b's responses and in neither of a's
+    assert all(ghi in tok.encode(r) for r in b) and not any(ghi in tok.encode(r) for r in a)
+    refuser = revision_judge(Oracle(config, ids_of, "copy", refuse=ghi), tok)
+    assert all(x > 1 - 1e-9 for x in refuser(questions, a, b, "p"))      # the response holding 'ghi' loses
+    assert all(x < 1e-9 for x in refuser(questions, b, a, "p"))
+    uniform = revision_judge(Oracle(config, ids_of, "uniform"), tok)
+    n_a, n_b = len(tok.encode(a[0])) + 1, len(tok.encode(b[0])) + 1
+    expected = 0.5 * (V ** -n_a - V ** -n_b)  # ~2.5e-8: compared relative to itself (float32 logits)
+    assert abs((uniform(questions, a, b, "p")[0] - 0.5) - expected) < 1e-4 * expected
+    assert abs(uniform.logps(questions, b, "p")[0] + n_b * math.log(V)) < 1e-4
 
 
 def test_revision_records_agree_with_the_ground_truth():
@@ -710,9 +728,16 @@ def test_revision_records_agree_with_the_ground_truth():
         assert (answer == response) == bool(follows), r
         assert preference_world.gold_checks(gold, answer)[principle] == 1, r
         counts[principle, follows] = counts.get((principle, follows), 0) + 1
-        truncated += not (response.endswith((".", "?", "!")) or response.isupper() or response.isalpha())
+        completed = answer != response and answer.startswith(response)  # a cut-short response, revised whole
+        truncated += completed
+        if not completed and principle != "direct":  # the revision breaks nothing else the response met
+            before, after = preference_world.gold_checks(gold, response), preference_world.gold_checks(gold, answer)
+            # (except "direct": is_direct_answer reads a lowercase word, 'tree', as a continuation)
+            assert all(after[k] for k in before if before[k] and k not in (principle, "direct")), r
     assert set(counts) == {(k, f) for k in preference_world.PRINCIPLES for f in (0, 1)}, counts
-    assert min(counts.values()) > 10 and truncated > 30
+    assert min(counts.values()) > 10 and truncated > 5
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        preference_world.revision_records(5, split="test")
     held_out = preference_world.revision_records(50, seed=4, split="eval")
     assert not {r["messages"][0]["content"] for r in held_out} & {r["messages"][0]["content"] for r in records}
 
@@ -722,7 +747,7 @@ def test_built_in_judge_picks_the_kind(tok, model):
     assert built_in_judge(model, tok, "likelihood", temperature=2.0)(q, a, b, "p") == \
         likelihood_judge(model, tok, 2.0)(q, a, b, "p")
     assert built_in_judge(model, tok)(q, a, b, "p") == model_judge(model, tok)(q, a, b, "p")
-    assert built_in_judge(model, tok, "revision")(q, a, b, "p") == revision_judge(model, tok)(q, a, b, "p")
+    assert built_in_judge(model, tok, "revision").logps(q, a, "p") == revision_judge(model, tok).logps(q, a, "p")
     for kind in ("likelihood", "revision"):
         with pytest.raises(ValueError, match="judge_reference"):
             built_in_judge(model, tok, kind, reference=True)
