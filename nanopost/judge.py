@@ -256,7 +256,8 @@ def label_pairs(policy, tok, prompts, cfg, judge_model=None, judge=None):
         raise ValueError(f"--label_samples must be at least 2, got {k}")
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed + 17)
     conversations = [r["prompt"] for r in prompts for _ in range(k)]
-    answers = chat_complete(policy, tok, conversations, LABEL_MAX_NEW_TOKENS, temperature=cfg.label_temperature, generator=generator)
+    answers = chat_complete(policy, tok, conversations, LABEL_MAX_NEW_TOKENS, temperature=cfg.label_temperature,
+                            generator=generator)
     # an empty answer cannot be a §7 response, and two equal answers are no comparison
     groups = []  # (prompt record, [distinct non-empty answers])
     for i, r in enumerate(prompts):
