@@ -157,9 +157,7 @@ def train_dpo(cfg):
     state = load_checkpoint(ckpt_path if cfg.resume else init, device)
     policy, tok = state["model"], state["tok"]
     log = RunLog(cfg.out, cfg.steps, state["meta"]["step"] if cfg.resume else 0, stage="dpo")
-    judge = load_checkpoint(cfg.judge, device) if cfg.judge else None
-    judge_model = (judge["model"], judge["tok"]) if judge else None
-    train, held_out, eval_prompts, report = preference_data(cfg, policy, tok, policy.config.block_size, log, judge_model)
+    train, held_out, eval_prompts, report = preference_data(cfg, policy, tok, policy.config.block_size, log)
     log.info(f"{len(train)} training pairs, {len(held_out)} held-out pairs, {len(eval_prompts)} held-out prompts "
              f"with a ground truth, init {init}, device {device}")
     ipo = cfg.loss_type == "ipo"  # IPO compares length-averaged log-probs

@@ -140,9 +140,7 @@ def main(argv=None):
     log = RunLog(cfg.out, cfg.steps, state["meta"]["step"] if cfg.resume else 0, stage="rm")
 
     # data: built-in pairs, the user's file, or pairs sampled from the SFT model and labelled now
-    judge = load_checkpoint(cfg.judge, device) if cfg.judge else None
-    judge_model = (judge["model"], judge["tok"]) if judge else None
-    train, held_out, _, report = preference_data(cfg, state["model"], tok, max_len, log, judge_model)
+    train, held_out, _, report = preference_data(cfg, state["model"], tok, max_len, log)
     if cfg.kind_weights:
         train = weight_kinds(train, cfg.kind_weights)
         report["kind_weights"] = {"spec": cfg.kind_weights, "pairs": len(train)}

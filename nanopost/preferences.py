@@ -241,10 +241,10 @@ class PreferenceConfig(RunConfig):
                                  "preferences")
 
 
-def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
+def preference_data(cfg, policy, tok, max_len, log):
     """-> (train pairs, held-out pairs, held-out prompts with ground truth, report), per cfg.labels.
     ai / gold write the labelled pairs to <out>/labels.jsonl (§7 JSONL), then read them back like
-    any user file; judge_model is the (model, tokenizer) behind the built-in judge (ai only)."""
+    any user file; ai loads the judge checkpoint cfg.judge (default: the policy judges)."""
     if cfg.labels not in ("builtin", "ai", "gold"):
         raise ValueError(f"unknown --labels {cfg.labels!r}; use builtin, ai or gold")
     if cfg.labels == "ai":
@@ -260,6 +260,8 @@ def preference_data(cfg, policy, tok, max_len, log, judge_model=None):
         path = os.path.join(cfg.out, "labels.jsonl")
         prompts = preference_world.preference_prompts("train", cfg.seed, cfg.label_prompts)
         if dist.is_main():  # under torchrun rank 0 labels once and every rank reads the same file
+            judge = load_checkpoint(cfg.judge, next(policy.parameters()).device) if cfg.labels == "ai" and cfg.judge else None
+            judge_model = (judge["model"], judge["tok"]) if judge else None  # it reads text with its own tokenizer
             records, report["labelling"] = label_pairs(policy, tok, prompts, cfg, judge_model)
             write_jsonl(path, records)
             log.info(f"{cfg.labels} labels: {report['labelling']}")

@@ -578,12 +578,8 @@ def test_reference_guided_judge_shows_its_own_answer(tok, model):
 def reference_logp(model, tok, principle, question, response):
     """log π(response | system principle, question), by hand: one unpadded float64 forward over the
     whole conversation, log-softmax at every position that predicts a response token or its <|end|>."""
-    system_user = [{"role": "system", "content": principle}] + user(question)
-    prompt = render_prompt(tok, system_user)
-    ids = prompt + tok.encode(response) + [tok.end_id]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), dim=-1)  # (T, V)
-    return sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
+    prompt = render_prompt(tok, [{"role": "system", "content": principle}] + user(question))
+    return reference_logprob(model, prompt, tok.encode(response) + [tok.end_id])
 
 
 def test_likelihood_judge_against_a_float64_reference(tok, model):
@@ -615,10 +611,7 @@ def test_likelihood_judge_reads_the_principle(tok, model):
 def revision_reference_logp(model, tok, principle, question, response):
     """log π(response | the revision prompt holding that same response), by hand in float64."""
     prompt = render_prompt(tok, user(preference_world.revision_prompt(principle, question, response)))
-    ids = prompt + tok.encode(response) + [tok.end_id]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), dim=-1)  # (T, V)
-    return sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
+    return reference_logprob(model, prompt, tok.encode(response) + [tok.end_id])
 
 
 def test_revision_judge_against_a_float64_reference(tok, model):
