@@ -65,22 +65,24 @@ class KVCache:
     """Pre-allocated keys and values for every layer: (n_layer, B, H, T_max, D). Row b holds its
     prompt at positions 0..n_b-1 and its new tokens right after it (rows are right-padded, so a
     short prompt never pays for the longest one). Two ways to write:
-      prefill   (slots None): the t keys of every row go to positions 0..t-1;
-      decoding  (decode_at(slots, end)): row b's one new key goes to position slots[b].
-    update() returns the keys/values of positions 0..end-1; the attention mask hides, per row,
-    the positions beyond that row's own end."""
+      prefill   (prefill(rows, source)): the forward of t positions of some distinct prompts puts
+                prompt source[i]'s keys at positions 0..t-1 of cache row rows[i] (a GRPO group's
+                rows all copy one prompt's forward);
+      decoding  (decode_at(slots, end)): row b's one new key goes to position slots[b], and
+                update() returns the keys/values of positions 0..end-1; the attention mask hides,
+                per row, the positions beyond that row's own end."""
 
     def __init__(self, config, batch_size, max_len, device, dtype):
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.slots, self.end = None, 0
+        D = config.n_embd // config.n_head
+        self.k = torch.zeros(config.n_layer, batch_size, config.n_head, max_len, D, device=device, dtype=dtype)
+        self.v = torch.zeros(config.n_layer, batch_size, config.n_head, max_len, D, device=device, dtype=dtype)
+        self.batch_rows = torch.arange(batch_size, device=device)
+        self.prefill(slice(None), slice(None))  # by default a prefill fills every row from itself
 
-    def rows(self, lo, hi):
-        """The cache of rows lo..hi-1 (a view: what it stores lands here), to prefill a chunk."""
-        view = KVCache.__new__(KVCache)
-        view.k, view.v, view.slots, view.end = self.k[:, lo:hi], self.v[:, lo:hi], None, 0
-        return view
+    def prefill(self, rows, source):
+        """The next forward is a prefill: cache row rows[i] gets the keys of its row source[i] (long
+        index tensors, or slices)."""
+        self.fill_rows, self.fill_source, self.slots, self.end = rows, source, None, 0
 
     def decode_at(self, slots, end):
         """Switch to decoding: the next update writes row b's key at slots[b] (B,) long; keys
@@ -88,16 +90,15 @@ class KVCache:
         self.slots, self.end = slots, end
 
     def update(self, layer, k, v):
-        """Store k, v (B, H, t, D); return this layer's keys/values (B, H, end, D)."""
+        """Store k, v (n, H, t, D); return the keys/values to attend to: while prefilling, k and v
+        themselves (the prefill starts at position 0); while decoding, positions 0..end-1 (B, H, end, D)."""
         if self.slots is None:
             t = k.size(2)
-            self.k[layer, :, :, :t] = k
-            self.v[layer, :, :, :t] = v
-            self.end = t
-        else:
-            rows = torch.arange(k.size(0), device=k.device)
-            self.k[layer, rows, :, self.slots] = k[:, :, 0]  # (B, H, D) at (b, slots[b])
-            self.v[layer, rows, :, self.slots] = v[:, :, 0]
+            self.k[layer, self.fill_rows, :, :t] = k[self.fill_source]
+            self.v[layer, self.fill_rows, :, :t] = v[self.fill_source]
+            return k, v
+        self.k[layer, self.batch_rows, :, self.slots] = k[:, :, 0]  # (B, H, D) at (b, slots[b])
+        self.v[layer, self.batch_rows, :, self.slots] = v[:, :, 0]
         return self.k[layer, :, :, :self.end], self.v[layer, :, :, :self.end]
 
 
@@ -175,8 +176,8 @@ class CausalSelfAttention(nn.Module):
         elif T == 1 and kv_cache is not None:  # decoding: one query per row; two small matmuls beat
             # SDPA's CPU kernel (which tiles for long queries) several times over, and are what SDPA's
             # generic path computes on a GPU given this per-row mask
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, 1, T_keys)
-            y = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1) @ v  # (B, H, 1, D)
+            scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, H, 1, T_keys)
+            y = scores.masked_fill_(~attn_mask, float("-inf")).softmax(dim=-1) @ v  # (B, H, 1, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)

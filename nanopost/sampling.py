@@ -40,15 +40,15 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         filtered = filtered.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
     # inverse-CDF sampling: the first token whose cumulative probability exceeds u ~ U[0, total).
     # Same distribution as torch.multinomial, one uniform per row instead of an exponential per
-    # vocabulary entry (10x faster on a CPU); right=True never picks a token of probability 0
-    probs = F.softmax(filtered, dim=-1)  # (B, V)
+    # vocabulary entry (10x faster on a CPU). u is a float32 uniform (at most 1 - 2^-24) times the
+    # float64 total, so u < total: searchsorted(right=True) lands on a token whose probability
+    # raises the cumulative sum, never on a token of probability 0 and never past the end
+    probs = logprobs.exp() if filtered is logits else F.softmax(filtered, dim=-1)  # (B, V)
     cdf = probs.double().cumsum(dim=-1)  # float64: in float32 a token below ~6e-8 would get zero width
     if not bool(torch.isfinite(cdf[:, -1]).all()):
         raise ValueError("the model's logits are not finite (NaN or inf): cannot sample")
-    u = torch.rand(cdf.size(0), 1, device=cdf.device, generator=generator) * cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1)
-    # u rounded up to the total (p ~ 2^-24) would fall past the end: take the last possible token
-    tokens = torch.minimum(tokens, (probs > 0).cumsum(dim=-1).argmax(dim=-1))
+    u = torch.rand(cdf.size(0), 1, device=cdf.device, dtype=torch.float32, generator=generator).double()
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
     return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -124,15 +124,15 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_id
 def _prefill(model, prompts, cache, max_waste=1.5):
     """Fill the cache with every prompt's keys/values; return the hidden state (B, C) at each
     prompt's last token. Each distinct prompt runs once; the distinct prompts, sorted by length,
-    go in chunks whose longest is at most max_waste x their shortest (little padding)."""
+    go in chunks whose longest is at most max_waste x their shortest (little padding), and each
+    chunk's forward writes its keys straight into the rows that hold its prompts."""
     device = cache.k.device
     keys = [tuple(map(int, p)) for p in prompts]  # ints: a tensor prompt's elements would hash by identity
     distinct = sorted(set(keys), key=len)
     where = {p: i for i, p in enumerate(distinct)}
     inverse = torch.tensor([where[p] for p in keys], device=device)  # (B,) row -> distinct prompt
-    U, P = len(distinct), len(distinct[-1])
-    shared = KVCache(model.config, U, P, device, cache.k.dtype)
-    last_hidden = torch.empty(U, model.config.n_embd, device=device, dtype=cache.k.dtype)
+    U = len(distinct)
+    last_hidden = torch.empty(len(prompts), model.config.n_embd, device=device, dtype=cache.k.dtype)
     lo = 0
     while lo < U:
         hi = lo + 1
@@ -140,10 +140,10 @@ def _prefill(model, prompts, cache, max_waste=1.5):
             hi += 1
         width = len(distinct[hi - 1])
         chunk = torch.tensor([list(p) + [0] * (width - len(p)) for p in distinct[lo:hi]], device=device)
-        hidden = model(chunk, kv_cache=shared.rows(lo, hi), return_hidden=True)  # (n, width, C)
+        rows = ((inverse >= lo) & (inverse < hi)).nonzero().squeeze(1)  # the batch rows of these prompts
+        cache.prefill(rows, inverse[rows] - lo)
+        hidden = model(chunk, kv_cache=cache, return_hidden=True)  # (n, width, C)
         ends = torch.tensor([len(p) - 1 for p in distinct[lo:hi]], device=device)
-        last_hidden[lo:hi] = hidden[torch.arange(hi - lo, device=device), ends].to(last_hidden.dtype)
+        last_hidden[rows] = hidden[inverse[rows] - lo, ends[inverse[rows] - lo]].to(last_hidden.dtype)
         lo = hi
-    cache.k[:, :, :, :P] = shared.k[:, inverse]
-    cache.v[:, :, :, :P] = shared.v[:, inverse]
-    return last_hidden[inverse]
+    return last_hidden

@@ -271,9 +271,14 @@ def test_kv_cache_prefill_then_per_row_slots():
     assert torch.equal(k1[0, :, 3], new[0, :, 0]) and torch.equal(k1[1, :, 5], new[1, :, 0])
     assert torch.equal(v1[1, :, 5], -new[1, :, 0]) and torch.equal(k1[:, :, :3], k)
     assert (k1[0, :, 4:] == 0).all() and (k1[1, :, 3:5] == 0).all()  # nothing else written
-    part = cache.rows(1, 2)  # a view: a prefill of row 1 alone lands in the shared cache
-    part.update(1, torch.ones(1, 2, 2, 16), torch.ones(1, 2, 2, 16))
-    assert (cache.k[1, 1, :, :2] == 1).all() and (cache.k[1, 0] == 0).all()
+    # a prefill of one distinct prompt that both rows hold: its forward has one row, the cache two
+    cache = KVCache(cfg, batch_size=3, max_len=10, device="cpu", dtype=torch.float32)
+    one = torch.randn(2, 2, 4, 16)  # distinct prompts 0 and 1
+    cache.prefill(torch.tensor([0, 2]), torch.tensor([1, 1]))
+    k2, v2 = cache.update(1, one, 2 * one)
+    assert torch.equal(k2, one) and torch.equal(v2, 2 * one)  # a prefill attends to its own keys
+    assert torch.equal(cache.k[1, 0, :, :4], one[1]) and torch.equal(cache.k[1, 2, :, :4], one[1])
+    assert torch.equal(cache.v[1, 2, :, :4], 2 * one[1]) and (cache.k[1, 1] == 0).all() and (cache.k[0] == 0).all()
 
 
 def test_prefill_runs_each_distinct_prompt_once(model, monkeypatch):
@@ -307,6 +312,20 @@ def test_inverse_cdf_sampling_never_picks_zero_probability():
     torch.testing.assert_close(lp[tok == 2], torch.full_like(lp[tok == 2], math.log(0.25)))
     with pytest.raises(ValueError, match="not finite"):
         sample_next(torch.full((2, 6), float("nan")), temperature=1.0)
+
+
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_inverse_cdf_largest_uniform_stays_on_a_possible_token(monkeypatch, top_k):
+    """The largest float32 uniform, 1 - 2^-24, must pick the last token of positive probability,
+    not an impossible token after it (or an index past the vocabulary)."""
+    logits = torch.tensor([[0.0, 1.0, -float("inf"), 2.0, -float("inf"), -float("inf")],
+                           [5.0, -float("inf"), -float("inf"), -float("inf"), -float("inf"), -float("inf")]])
+    rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.full_like(rand(*a, **k), 1 - 2 ** -24))
+    tokens, logprobs = sample_next(logits, temperature=1.0, top_k=top_k)
+    assert tokens.tolist() == [3, 0]
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.zeros_like(rand(*a, **k)))
+    assert sample_next(logits, temperature=1.0, top_k=top_k)[0].tolist() == [0 if top_k is None else 1, 0]
 
 
 # ----------------------------------------------------------------------------- document_mask
