@@ -49,7 +49,7 @@ from nanopost.evaluate import verifiable_accuracy
 from nanopost.instruct_world import rl_family_records
 from nanopost.losses import (DPO_LOSS_TYPES, aggregate, clipped_surrogate, clipped_value_loss, dpo_loss, dpo_rewards, gae,
                              grpo_advantages, kl_estimate, rloo_advantages, whiten)
-from nanopost.model import ScalarModel
+from nanopost.model import ScalarModel, adamw
 from nanopost.nexttoken import stop_on_nonfinite
 from nanopost.preferences import PreferenceConfig, pair_batch, preference_data, preference_rate, sequence_logprobs, train_pairs
 from nanopost.rewards import check_weights, parse_reward, parse_weights, reward_fn_for, rl_record
@@ -183,7 +183,7 @@ def train_dpo(cfg):
         log.info(f"held-out preference rate before: {before}")
     heldout_ref = logps_of(held_out) if held_out and not cfg.resume else None
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    optimizer = adamw(policy.parameters(), cfg.lr, device.type)
     if cfg.resume:
         optimizer.load_state_dict(state["optimizer_state"])
         set_rng_state(state["rng"])
@@ -298,7 +298,7 @@ def main(argv=None):
     train_critic = dist.wrap(critic) if critic else None
     world_n = dist.world_size()
     params = list(policy.parameters()) + (list(critic.parameters()) if critic else [])
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    optimizer = adamw(params, cfg.lr, device.type)
     step0, baseline = 0, None
     if cfg.resume:
         optimizer.load_state_dict(start["optimizer_state"])

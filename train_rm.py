@@ -40,7 +40,7 @@ from nanopost import prm
 from nanopost.checkpoint import cached_checkpoint, load_checkpoint, save_checkpoint
 from nanopost.common import RunLog, flag, parse_config, pick_device, rng_state, set_rng_state, set_seed
 from nanopost.losses import bradley_terry_loss
-from nanopost.model import ScalarModel
+from nanopost.model import ScalarModel, adamw
 from nanopost.nexttoken import stop_on_nonfinite
 from nanopost.preferences import (PreferenceConfig, last_token_rewards, pair_batch, preference_data, sequence_logprobs,
                                  train_pairs, weight_kinds)
@@ -155,7 +155,7 @@ def main(argv=None):
     rm = ScalarModel(state["model"], cfg.reward_logp, frozen).to(device)
     groups = [{"params": list(rm.gpt.parameters())},
               {"params": list(rm.head.parameters()), "lr_scale": (cfg.head_lr or cfg.lr) / cfg.lr}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, cfg.lr, device.type, weight_decay=cfg.weight_decay)
     start_step = 0
     if cfg.resume:
         rm.head.load_state_dict(state["extra"]["head"])

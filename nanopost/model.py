@@ -19,6 +19,7 @@ import math
 import re
 from dataclasses import dataclass, asdict
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -123,10 +124,12 @@ class PrefixKV:
 
 
 class Dropout(nn.Module):
-    """Inverted dropout, x * 1[u >= p] / (1 - p) with u ~ U[0, 1): nn.Dropout's maths. On a CPU the
-    mask comes from uniforms, which torch draws about twice as fast as its Bernoulli samples (at
-    dropout 0.1 the Bernoulli draws were a fifth of a CPU training step); elsewhere F.dropout's
-    fused kernel."""
+    """Inverted dropout, x * 1[keep] / (1 - p): nn.Dropout's maths. On a CPU the mask comes from
+    32-bit uniform integers u drawn by numpy (SFC64, seeded by one draw from torch's generator, so
+    torch.manual_seed still fixes every mask), and a unit is dropped when u < round(p * 2^32): the
+    drop probability is p to within 2^-33. That is 1.8x faster than torch.rand, whose Mersenne
+    Twister runs on one thread (its uniforms were a tenth of a CPU training step at dropout 0.1);
+    elsewhere F.dropout's fused kernel."""
 
     def __init__(self, p):
         super().__init__()
@@ -139,7 +142,9 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu" or self.p == 1:
             return F.dropout(x, self.p, training=True)
-        keep = torch.rand_like(x, dtype=torch.float32) >= self.p  # fp32 uniforms: bf16 ones are too coarse
+        seed = int(torch.randint(0, 2 ** 62, ()))
+        u = np.random.Generator(np.random.SFC64(seed)).integers(0, 2 ** 32, x.numel(), dtype=np.uint32)
+        keep = torch.from_numpy(u >= round(self.p * 2 ** 32)).view(x.shape)
         return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
 
 
@@ -271,18 +276,25 @@ class GPT(nn.Module):
         return x if return_hidden else self.lm_head(x)  # (B, T, V) or (n, V)
 
     def configure_optimizer(self, lr, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu"):
-        """AdamW; weight decay on matrices only (not biases, LayerNorm gains); fused kernel on GPU."""
+        """AdamW; weight decay on matrices only (not biases, LayerNorm gains)."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=(device_type == "cuda"))
+        return adamw(groups, lr, device_type, betas)
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6 N + 12 L H D T."""
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
+
+
+def adamw(params, lr, device_type, betas=(0.9, 0.95), weight_decay=0.0):
+    """torch's AdamW (params: tensors or parameter groups), with its fused kernel on CUDA and CPU:
+    on a CPU 3.6x faster than the per-tensor loop for the bench model."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                             fused=device_type in ("cuda", "cpu"))
 
 
 def load_hf_gpt2(path):

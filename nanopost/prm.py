@@ -36,7 +36,7 @@ from nanopost.evals import bootstrap_interval, sign_test
 from nanopost.evaluate import chat_complete
 from nanopost.graders import grade, grade_many
 from nanopost.losses import token_logprobs
-from nanopost.model import ScalarModel
+from nanopost.model import ScalarModel, adamw
 from nanopost.nexttoken import stop_on_nonfinite
 from nanopost.preferences import load_scalar_model, train_pairs
 from nanopost.tokenizer import ConversationTooLong, render_prompt
@@ -253,7 +253,7 @@ def train(cfg):
              f"{len(held_out)} held-out, init {init}, device {device}")
 
     prm = ScalarModel(state["model"]).to(device)
-    optimizer = torch.optim.AdamW(prm.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = adamw(prm.parameters(), cfg.lr, device.type, weight_decay=cfg.weight_decay)
     if cfg.resume:
         prm.head.load_state_dict(state["extra"]["head"])
         optimizer.load_state_dict(state["optimizer_state"])

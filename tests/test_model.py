@@ -477,6 +477,33 @@ def test_training_attention_with_dropout_matches_sdpa_when_nothing_is_dropped():
             torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_dropout_mask_follows_torch_seed():
+    """The CPU mask is drawn by numpy from a seed that torch's generator gives: torch.manual_seed
+    fixes it, and successive calls draw new masks."""
+    from nanopost.model import Dropout
+    drop, x = Dropout(0.3).train(), torch.ones(4, 1000)
+    torch.manual_seed(5)
+    a, b = drop(x), drop(x)
+    torch.manual_seed(5)
+    assert torch.equal(drop(x), a) and not torch.equal(a, b)
+    assert a.unique().tolist() == [0.0, torch.tensor(1 / 0.7).item()] and abs((a == 0).float().mean().item() - 0.3) < 0.03
+
+
+def test_adamw_fused_on_cpu_matches_the_reference_loop():
+    from nanopost.model import adamw
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, requires_grad=True)
+    ref_w = w.detach().clone().requires_grad_(True)
+    fused = adamw([w], 1e-2, "cpu", weight_decay=0.1)
+    ref = torch.optim.AdamW([ref_w], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
+    assert fused.defaults["fused"]
+    for _ in range(3):
+        g = torch.randn(5, 3)
+        w.grad, ref_w.grad = g.clone(), g.clone()
+        fused.step(), ref.step()
+    torch.testing.assert_close(w, ref_w)
+
+
 def test_dropout_keeps_dtype_and_handles_p_1():
     from nanopost.model import Dropout
     x = torch.ones(1000, dtype=torch.bfloat16)
