@@ -145,7 +145,8 @@ class Dropout(nn.Module):
         seed = int(torch.randint(0, 2 ** 62, ()))
         u = np.random.Generator(np.random.SFC64(seed)).integers(0, 2 ** 32, x.numel(), dtype=np.uint32)
         keep = torch.from_numpy(u >= round(self.p * 2 ** 32)).view(x.shape)
-        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+        scale = torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype)
+        return x * torch.where(keep, scale, torch.zeros((), dtype=x.dtype))  # the float mask in one pass
 
 
 class CausalSelfAttention(nn.Module):
