@@ -83,7 +83,7 @@ class KVCache:
     def prefill(self, rows, source):
         """The next forward is a prefill: cache row rows[i] gets the keys of its row source[i] (long
         index tensors, or slices)."""
-        self.fill_rows, self.fill_source, self.slots, self.end = rows, source, None, 0
+        self.fill_rows, self.fill_source, self.slots = rows, source, None
 
     def decode_at(self, slots, end):
         """Switch to decoding: the next update writes row b's key at slots[b] (B,) long; keys
@@ -145,8 +145,7 @@ class Dropout(nn.Module):
         seed = int(torch.randint(0, 2 ** 62, ()))
         u = np.random.Generator(np.random.SFC64(seed)).integers(0, 2 ** 32, x.numel(), dtype=np.uint32)
         keep = torch.from_numpy(u >= round(self.p * 2 ** 32)).view(x.shape)
-        scale = torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype)
-        return x * torch.where(keep, scale, torch.zeros((), dtype=x.dtype))  # the float mask in one pass
+        return x * torch.where(keep, torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype), 0.0)  # float mask, one pass
 
 
 class CausalSelfAttention(nn.Module):

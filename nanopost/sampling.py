@@ -141,9 +141,10 @@ def _prefill(model, prompts, cache, max_waste=1.5):
         width = len(distinct[hi - 1])
         chunk = torch.tensor([list(p) + [0] * (width - len(p)) for p in distinct[lo:hi]], device=device)
         rows = ((inverse >= lo) & (inverse < hi)).nonzero().squeeze(1)  # the batch rows of these prompts
-        cache.prefill(rows, inverse[rows] - lo)
+        source = inverse[rows] - lo  # each row's prompt within the chunk
+        cache.prefill(rows, source)
         hidden = model(chunk, kv_cache=cache, return_hidden=True)  # (n, width, C)
         ends = torch.tensor([len(p) - 1 for p in distinct[lo:hi]], device=device)
-        last_hidden[rows] = hidden[inverse[rows] - lo, ends[inverse[rows] - lo]].to(last_hidden.dtype)
+        last_hidden[rows] = hidden[source, ends[source]].to(last_hidden.dtype)
         lo = hi
     return last_hidden
