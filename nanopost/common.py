@@ -3,10 +3,12 @@ What every script shares: dataclass configs turned into command-line flags, devi
 seeding, and the run log (a live progress line, metrics.jsonl, a final JSON summary line).
 """
 import argparse
+import ctypes
 import dataclasses
 import json
 import math
 import os
+import platform
 import random
 import sys
 import time
@@ -70,7 +72,28 @@ def pick_device(name="auto"):
         device = torch.device("mps")
     else:
         device = torch.device("cpu")
+    if device.type == "cpu":
+        keep_freed_memory()
     return dist.setup(device)
+
+
+def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=1 << 30):
+    """CPU fast path: tell glibc's malloc to keep freed memory for the next tensor instead of
+    handing it back to the OS. A training step frees and re-allocates the same activation sizes
+    every time; with glibc's defaults, a freed block at the top of the heap is returned to the OS
+    (trimmed) and the next allocation page-faults it back in, which cost about a tenth of a CPU
+    SFT step on the bench model (python bench.py --only sft: +10-13% tokens/s with this). Blocks up
+    to mmap_threshold come from the heap, and up to trim_threshold bytes of free heap are kept.
+    The same as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 in the
+    environment; a no-op where the C library is not glibc. Returns whether it was applied."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
 def autocast(device, dtype):

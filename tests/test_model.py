@@ -3,6 +3,7 @@ training-forward log-probs, stop tokens, top-k / top-p, context limits, document
 tied embeddings."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -487,6 +488,25 @@ def test_dropout_mask_follows_torch_seed():
     torch.manual_seed(5)
     assert torch.equal(drop(x), a) and not torch.equal(a, b)
     assert a.unique().tolist() == [0.0, torch.tensor(1 / 0.7).item()] and abs((a == 0).float().mean().item() - 0.3) < 0.03
+
+
+def test_keep_mask_drop_rate_is_exact_beyond_16_bits():
+    """keep_mask draws 16 bits per unit and breaks the tie u == floor(p 2^16) with a second draw:
+    at p = 0.3 / 2^16 and 1.7 / 2^16 the drop rate is p, where 16 bits alone (p rounded down or to
+    the nearest multiple of 2^-16) would drop at 0, 1 / 2^16 or 2 / 2^16: several standard
+    deviations away with 40M draws."""
+    from nanopost.model import keep_mask
+    n = 40_000_000
+    for units, seed in ((0.3, 1), (1.7, 2)):
+        p = units / 65536
+        dropped = n - int(keep_mask(n, p, seed).sum())
+        sd = (n * p) ** 0.5
+        assert abs(dropped - n * p) < 4 * sd, (units, dropped, n * p)
+        for wrong in (math.floor(units), round(units)):
+            assert abs(dropped - n * wrong / 65536) > 4 * sd, (units, dropped, wrong)
+    assert keep_mask(7, 0.5, 0).shape == (7,) and keep_mask(7, 0.5, 0).dtype == np.bool_
+    assert np.array_equal(keep_mask(1001, 0.2, 9), keep_mask(1001, 0.2, 9))
+    assert not np.array_equal(keep_mask(1001, 0.2, 9), keep_mask(1001, 0.2, 10))
 
 
 def test_adamw_fused_on_cpu_matches_the_reference_loop():

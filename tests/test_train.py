@@ -116,3 +116,38 @@ def test_a_resumed_log_drops_the_steps_it_redoes(tmp_path):
     for step in range(6, 11):
         resumed.log(step, loss=0.5)
     assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 11))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_keep_freed_memory_keeps_a_freed_activation_in_the_heap():
+    """After keep_freed_memory (which pick_device calls on CPU), a 20 MB block comes from the heap
+    and stays there when freed (glibc's mallinfo2: arena keeps it, nothing is mmapped); with glibc's
+    defaults the same block is mmapped and handed back to the OS on free. A fresh process each."""
+    script = """
+import ctypes, platform, sys
+from nanopost.common import keep_freed_memory
+if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+    print("skip"); sys.exit()
+class MallInfo(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype = MallInfo, ctypes.c_void_p
+applied = keep_freed_memory() if sys.argv[1] == "tuned" else None
+before = libc.mallinfo2()
+block = libc.malloc(20 << 20)
+during = libc.mallinfo2()
+libc.free(ctypes.c_void_p(block))
+after = libc.mallinfo2()
+mmapped, kept = during.hblkhd - before.hblkhd, after.arena - before.arena  # bytes
+print(applied, mmapped >= 20 << 20, kept >= 16 << 20)  # the heap may have had a few MB free on top
+"""
+    out = {}
+    for mode in ("default", "tuned"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+        res = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, cwd=ROOT, env=env)
+        assert res.returncode == 0, res.stderr
+        out[mode] = res.stdout.split()
+    if out["default"] == ["skip"]:
+        pytest.skip("not glibc >= 2.33")
+    assert out["default"] == ["None", "True", "False"]  # mmapped while held, returned to the OS on free
+    assert out["tuned"] == ["True", "False", "True"]  # from the heap, and kept there after free
