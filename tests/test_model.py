@@ -56,6 +56,28 @@ def test_kv_cache_greedy_equals_full_recomputation(model):
     assert len({tuple(r) for r in tok_c.tolist()}) > 1  # rows are not trivially identical
 
 
+def test_kv_cache_ignores_what_unwritten_key_memory_holds(model, monkeypatch):
+    """KVCache allocates its keys uninitialised: positions not yet written must never reach the
+    output. With every key slot first set to 0, then NaN, then a huge value, sampling gives the
+    same tokens and log-probs; rows of different prompt lengths, so each row's mask hides
+    positions nobody wrote inside the attended range."""
+    import nanopost.model as model_module
+    prompts = random_prompts()
+    assert len({len(p) for p in prompts}) > 1
+    init = model_module.KVCache.__init__
+    runs = []
+    for junk in (0.0, float("nan"), 3e38):
+        def filled_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.k.fill_(junk)
+        monkeypatch.setattr(model_module.KVCache, "__init__", filled_init)
+        runs.append(generate(model, prompts, max_new_tokens=20, temperature=0.9,
+                             generator=torch.Generator().manual_seed(3)))
+    for tok, lp, lengths, _ in runs[1:]:
+        assert torch.equal(tok, runs[0][0]) and torch.equal(lengths, runs[0][2])
+        torch.testing.assert_close(lp, runs[0][1], atol=0, rtol=0)
+
+
 def test_each_prompt_alone_equals_batch(model):
     prompts = random_prompts()
     tok_b, lp_b, _, _ = generate(model, prompts, max_new_tokens=20, temperature=0)
@@ -262,6 +284,8 @@ def test_forward_position_beyond_block_size_raises(model):
 def test_kv_cache_prefill_then_per_row_slots():
     cfg = GPTConfig(**SMALL)
     cache = KVCache(cfg, batch_size=2, max_len=10, device="cpu", dtype=torch.float32)
+    assert (cache.v == 0).all()  # values start at zero; keys uninitialised (NaN here, to see writes)
+    cache.k.fill_(float("nan"))
     k = torch.randn(2, 2, 3, 16)
     k0, v0 = cache.update(0, k, -k)  # prefill: positions 0..2 of both rows
     assert k0.shape == (2, 2, 3, 16) and torch.equal(k0, k) and torch.equal(v0, -k)
@@ -271,15 +295,17 @@ def test_kv_cache_prefill_then_per_row_slots():
     assert k1.shape == (2, 2, 6, 16)
     assert torch.equal(k1[0, :, 3], new[0, :, 0]) and torch.equal(k1[1, :, 5], new[1, :, 0])
     assert torch.equal(v1[1, :, 5], -new[1, :, 0]) and torch.equal(k1[:, :, :3], k)
-    assert (k1[0, :, 4:] == 0).all() and (k1[1, :, 3:5] == 0).all()  # nothing else written
+    assert k1[0, :, 4:].isnan().all() and k1[1, :, 3:5].isnan().all()  # nothing else written
+    assert (v1[0, :, 4:] == 0).all() and (v1[1, :, 3:5] == 0).all()
     # a prefill of one distinct prompt that both rows hold: its forward has one row, the cache two
     cache = KVCache(cfg, batch_size=3, max_len=10, device="cpu", dtype=torch.float32)
+    cache.k.fill_(float("nan"))
     one = torch.randn(2, 2, 4, 16)  # distinct prompts 0 and 1
     cache.prefill(torch.tensor([0, 2]), torch.tensor([1, 1]))
     k2, v2 = cache.update(1, one, 2 * one)
     assert torch.equal(k2, one) and torch.equal(v2, 2 * one)  # a prefill attends to its own keys
     assert torch.equal(cache.k[1, 0, :, :4], one[1]) and torch.equal(cache.k[1, 2, :, :4], one[1])
-    assert torch.equal(cache.v[1, 2, :, :4], 2 * one[1]) and (cache.k[1, 1] == 0).all() and (cache.k[0] == 0).all()
+    assert torch.equal(cache.v[1, 2, :, :4], 2 * one[1]) and cache.k[1, 1].isnan().all() and cache.k[0].isnan().all()
 
 
 def test_prefill_runs_each_distinct_prompt_once(model, monkeypatch):
