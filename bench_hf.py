@@ -15,6 +15,8 @@ is exactly what nanopost's model sees.
 
 TRL's configs turn activation checkpointing on by default (recomputing each layer's forward in the
 backward pass); --no_checkpointing turns it off, which is the like-for-like setting for compute.
+--keep_freed_memory gives TRL's process the glibc malloc settings nanopost's scripts apply to
+themselves on CPU (freed activations stay in the heap); TRL gains from them too.
 
   sft     trl.SFTTrainer, completion-only loss (our loss mask as `completion_mask`), 32 rows per
           step, no packing (rows padded to the longest in the batch) and `packing_strategy="wrapped"`
@@ -37,6 +39,7 @@ import time
 import torch
 
 import bench
+from nanopost.common import keep_freed_memory
 from nanopost.instruct_world import rl_family_records
 from nanopost.model import GPTConfig
 from nanopost.tokenizer import render_prompt
@@ -189,6 +192,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs, measures nothing")
     p.add_argument("--no_checkpointing", action="store_true",
                    help="turn off activation checkpointing, which TRL's SFTConfig and GRPOConfig turn on by default")
+    p.add_argument("--keep_freed_memory", action="store_true",
+                   help="the glibc malloc settings nanopost applies on CPU (common.keep_freed_memory), for TRL too")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHES]
@@ -196,6 +201,7 @@ def main(argv=None):
         p.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHES)}")
     trl_args = {"gradient_checkpointing": False} if args.no_checkpointing else {}  # {}: TRL's defaults
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     s = bench.QUICK if args.quick else bench.FULL
     tok = bench.bench_tokenizer()
     for name in names:
@@ -204,7 +210,7 @@ def main(argv=None):
         print(json.dumps({"bench": f"hf_{name}", **result, "device": f"cpu ({bench.device_name(torch.device('cpu'))})",
                           "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "transformers": transformers.__version__, "trl": trl.__version__,
-                          "activation_checkpointing": not args.no_checkpointing,
+                          "activation_checkpointing": not args.no_checkpointing, "keep_freed_memory": kept,
                           "date": time.strftime("%Y-%m-%d")}), flush=True)
 
 

@@ -130,8 +130,9 @@ class PrefixKV:
 class Dropout(nn.Module):
     """Inverted dropout, x * 1[keep] / (1 - p): nn.Dropout's maths. On a CPU the mask comes from
     keep_mask (numpy, seeded by one draw from torch's generator, so torch.manual_seed still fixes
-    every mask), 5x faster than torch.rand, whose Mersenne Twister runs on one thread (its uniforms
-    were a tenth of a CPU training step at dropout 0.1); elsewhere F.dropout's fused kernel."""
+    every mask) and becomes floats through uint8 (torch's bool-to-float paths are several times
+    slower on CPU), 4x faster than torch.rand, whose Mersenne Twister runs on one thread (its
+    uniforms were a tenth of a CPU training step at dropout 0.1); elsewhere F.dropout's fused kernel."""
 
     def __init__(self, p):
         super().__init__()
@@ -144,23 +145,24 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu" or self.p == 1:
             return F.dropout(x, self.p, training=True)
-        keep = torch.from_numpy(keep_mask(x.numel(), self.p, int(torch.randint(0, 2 ** 62, ())))).view(x.shape)
-        return x * torch.where(keep, torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype), 0.0)  # float mask, one pass
+        keep = torch.from_numpy(keep_mask(x.numel(), self.p, int(torch.randint(0, 2 ** 62, ()))))
+        mask = keep.view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - self.p)).view(x.shape)  # 0 or 1/(1-p)
+        return x * mask
 
 
 def keep_mask(n, p, seed):
-    """n independent draws of 1[kept] with P(dropped) = p to within 2^-48: bool numpy array (n,).
-    Sixteen random bits per unit (the raw 64-bit outputs of numpy's SFC64 generator, cut in four):
-    with p * 2^16 = whole + frac, a unit is dropped when its 16 bits u < whole, kept when u > whole,
-    and on the tie u == whole (one unit in 65,536) dropped with probability frac by a second, 32-bit
-    draw. So P(drop) = whole / 2^16 + frac / 2^16 exactly, up to rounding frac to 32 bits."""
+    """n independent draws of 1[kept] with P(dropped) = p to within 2^-40: bool numpy array (n,).
+    Eight random bits per unit (the raw 64-bit outputs of numpy's SFC64 generator, cut in eight):
+    with p * 2^8 = whole + frac, a unit is dropped when its 8 bits u < whole, kept when u > whole,
+    and on the tie u == whole (one unit in 256) dropped with probability frac by a second, 32-bit
+    draw. So P(drop) = whole / 2^8 + frac / 2^8 exactly, up to rounding frac to 32 bits."""
     bits = np.random.SFC64(seed)
-    u = bits.random_raw((n + 3) // 4).view(np.uint16)[:n]  # (n,) uniform on 0..65535
-    whole = int(p * 65536)  # floor (p < 1)
+    u = bits.random_raw((n + 7) // 8).view(np.uint8)[:n]  # (n,) uniform on 0..255
+    whole = int(p * 256)  # floor (p < 1)
     keep = u > whole
     ties = np.flatnonzero(u == whole)
     if len(ties):
-        keep[ties] = (bits.random_raw(len(ties)) >> 32) >= round((p * 65536 - whole) * 2 ** 32)
+        keep[ties] = (bits.random_raw(len(ties)) >> 32) >= round((p * 256 - whole) * 2 ** 32)
     return keep
 
 
@@ -190,8 +192,10 @@ class CausalSelfAttention(nn.Module):
             # draws the dropout mask from uniforms (Dropout) and skips SDPA's masked-row checks
             if attn_mask is None:
                 attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, T, T)
-            y = self.attn_dropout(scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)) @ v
+            # the 1/sqrt(D) scale goes on q (B, H, T, D), and the mask is filled in place: two fewer
+            # passes over the (B, H, T, T) scores forward and one fewer backward
+            scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, H, T, T)
+            y = self.attn_dropout(scores.masked_fill_(~attn_mask, float("-inf")).softmax(dim=-1)) @ v
         elif attn_mask is None:  # plain causal (with a cache: the prefill, which starts at position 0)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         elif T == 1 and kv_cache is not None:  # decoding: one query per row; two small matmuls beat

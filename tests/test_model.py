@@ -516,23 +516,24 @@ def test_dropout_mask_follows_torch_seed():
     assert a.unique().tolist() == [0.0, torch.tensor(1 / 0.7).item()] and abs((a == 0).float().mean().item() - 0.3) < 0.03
 
 
-def test_keep_mask_drop_rate_is_exact_beyond_16_bits():
-    """keep_mask draws 16 bits per unit and breaks the tie u == floor(p 2^16) with a second draw:
-    at p = 0.3 / 2^16 and 1.7 / 2^16 the drop rate is p, where 16 bits alone (p rounded down or to
-    the nearest multiple of 2^-16) would drop at 0, 1 / 2^16 or 2 / 2^16: several standard
-    deviations away with 40M draws."""
+def test_keep_mask_drop_rate_is_exact_beyond_its_8_bits():
+    """keep_mask draws 8 bits per unit and breaks the tie u == floor(p 2^8) with a second draw: the
+    drop rate is p, where 8 or 16 bits alone (p rounded down or to the nearest multiple of 2^-8 or
+    2^-16) would be several standard deviations away with 40M draws."""
     from nanopost.model import keep_mask
     n = 40_000_000
-    for units, seed in ((0.3, 1), (1.7, 2)):
-        p = units / 65536
+    for p, seed, widths in ((0.3 / 2 ** 16, 1, (8, 16)), (1.7 / 2 ** 16, 2, (8, 16)), (25.6 / 2 ** 8, 3, (8,)),
+                            (0.45 / 2 ** 8, 4, (8,))):
         dropped = n - int(keep_mask(n, p, seed).sum())
-        sd = (n * p) ** 0.5
-        assert abs(dropped - n * p) < 4 * sd, (units, dropped, n * p)
-        for wrong in (math.floor(units), round(units)):
-            assert abs(dropped - n * wrong / 65536) > 4 * sd, (units, dropped, wrong)
+        sd = (n * p * (1 - p)) ** 0.5
+        assert abs(dropped - n * p) < 4 * sd, (p, dropped, n * p)
+        wrong = {f(p * 2 ** b) / 2 ** b for b in widths for f in (math.floor, round)}
+        for q in wrong:
+            assert abs(dropped - n * q) > 4 * sd, (p, dropped, q)
     assert keep_mask(7, 0.5, 0).shape == (7,) and keep_mask(7, 0.5, 0).dtype == np.bool_
     assert np.array_equal(keep_mask(1001, 0.2, 9), keep_mask(1001, 0.2, 9))
     assert not np.array_equal(keep_mask(1001, 0.2, 9), keep_mask(1001, 0.2, 10))
+    assert keep_mask(1000, 0.999999, 5).sum() == 0 and keep_mask(1000, 1e-12, 5).all()
 
 
 def test_adamw_fused_on_cpu_matches_the_reference_loop():
