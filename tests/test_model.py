@@ -57,10 +57,11 @@ def test_kv_cache_greedy_equals_full_recomputation(model):
 
 
 def test_kv_cache_ignores_what_unwritten_key_memory_holds(model, monkeypatch):
-    """KVCache allocates its keys uninitialised: positions not yet written must never reach the
-    output. With every key slot first set to 0, then NaN, then a huge value, sampling gives the
-    same tokens and log-probs; rows of different prompt lengths, so each row's mask hides
-    positions nobody wrote inside the attended range."""
+    """Cache positions not yet written must never reach the output, whatever they hold (the
+    decoding attention masks them with masked_fill, not by adding a mask). With every key slot
+    first set to 0, then NaN, then a huge value, sampling gives the same tokens and log-probs; rows
+    of different prompt lengths, so each row's mask hides positions nobody wrote inside the
+    attended range."""
     import nanopost.model as model_module
     prompts = random_prompts()
     assert len({len(p) for p in prompts}) > 1
@@ -284,8 +285,8 @@ def test_forward_position_beyond_block_size_raises(model):
 def test_kv_cache_prefill_then_per_row_slots():
     cfg = GPTConfig(**SMALL)
     cache = KVCache(cfg, batch_size=2, max_len=10, device="cpu", dtype=torch.float32)
-    assert (cache.v == 0).all()  # values start at zero; keys uninitialised (NaN here, to see writes)
-    cache.k.fill_(float("nan"))
+    assert (cache.k == 0).all() and (cache.v == 0).all()
+    cache.k.fill_(float("nan"))  # to see exactly which key slots get written
     k = torch.randn(2, 2, 3, 16)
     k0, v0 = cache.update(0, k, -k)  # prefill: positions 0..2 of both rows
     assert k0.shape == (2, 2, 3, 16) and torch.equal(k0, k) and torch.equal(v0, -k)
