@@ -80,9 +80,9 @@ def pick_device(name="auto"):
 def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=1 << 30):
     """CPU fast path: tell glibc's malloc to keep freed memory for the next tensor instead of
     handing it back to the OS. A training step frees and re-allocates the same activation sizes
-    every time; with glibc's defaults, a freed block at the top of the heap is returned to the OS
-    (trimmed) and the next allocation page-faults it back in, which cost about a tenth of a CPU
-    SFT step on the bench model (python bench.py --only sft: +10-13% tokens/s with this). Blocks up
+    every time; with glibc's defaults, large blocks are mmapped and unmapped on free, free heap at
+    the top beyond 128 KB is trimmed, and the next step page-faults the memory back in, which cost
+    about a tenth of a CPU SFT step on the bench model (10-13% more tokens/s with this). Blocks up
     to mmap_threshold come from the heap, and up to trim_threshold bytes of free heap are kept.
     The same as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 in the
     environment; a no-op where the C library is not glibc. Returns whether it was applied."""
