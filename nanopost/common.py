@@ -63,7 +63,8 @@ def parse_config(cls, argv=None, description=None):
 
 
 def pick_device(name="auto"):
-    """The device to train on; under torchrun this also joins the process group (nanopost/dist.py)."""
+    """The device to train on; under torchrun this also joins the process group (nanopost/dist.py),
+    and on CPU it applies keep_freed_memory (malloc settings for the whole process)."""
     if name != "auto":
         device = torch.device(name)
     elif torch.cuda.is_available():
@@ -86,12 +87,9 @@ def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=1 << 30):
     to mmap_threshold come from the heap, and up to trim_threshold bytes of free heap are kept.
     The same as MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 in the
     environment; a no-op where the C library is not glibc. Returns whether it was applied."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc":
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
