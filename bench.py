@@ -154,12 +154,17 @@ def bench_sft(tok, device, s, repeats, preset="bench", dtype="float32"):
                        "warmup_steps": s["warmup"], "timed_steps": s["steps"], "optimizer": "AdamW lr 3e-4"}}
 
 
-def bench_sample(tok, device, s, repeats, preset="bench", dtype="float32"):
+def bench_sample(tok, device, s, repeats, preset="bench", dtype="float32", compile_sampler=False):
     prompts = sample_prompts(tok, s["sample_prompts"])
     model = bench_model(tok, device, preset).eval()
     result = {}
-    for name, use_cache in (("kv_cache", True), ("no_cache", False)):
-        generate(model, prompts, 4, stop_ids=(), pad_id=tok.pad_id, use_cache=use_cache)  # warm-up
+    modes = [("kv_cache", True, False), ("no_cache", False, False)]
+    for name, use_cache, compile in modes + ([("kv_cache_compiled", True, True)] if compile_sampler else []):
+        # warm-up; compiled, two full-size calls: the first compiles (static shapes), its second step
+        # recompiles with a dynamic cache length, and the second call must hit the cache of compiled code
+        for _ in range(2 if compile else 1):
+            generate(model, prompts, s["new_tokens"] if compile else 4, stop_ids=(), pad_id=tok.pad_id,
+                     use_cache=use_cache, compile=compile)
         rates = []
         for r in range(repeats):
             info(f"sample {name}: repeat {r + 1}/{repeats}")
@@ -167,17 +172,19 @@ def bench_sample(tok, device, s, repeats, preset="bench", dtype="float32"):
             sync(device)
             t0 = time.perf_counter()
             _, _, lengths, _ = generate(model, prompts, s["new_tokens"], temperature=1.0, stop_ids=(),
-                                        pad_id=tok.pad_id, generator=gen, use_cache=use_cache)
+                                        pad_id=tok.pad_id, generator=gen, use_cache=use_cache, compile=compile)
             sync(device)
             rates.append(int(lengths.sum()) / (time.perf_counter() - t0))
         result[name] = median_and_runs(rates, "new_tokens_per_s")
     result["speedup"] = result["kv_cache"]["new_tokens_per_s"] / result["no_cache"]["new_tokens_per_s"]
+    if compile_sampler:
+        result["compiled_speedup"] = result["kv_cache_compiled"]["new_tokens_per_s"] / result["kv_cache"]["new_tokens_per_s"]
     result["config"] = {"prompts": len(prompts), "new_tokens": s["new_tokens"], "temperature": 1.0,
                         "prompt_tokens_max": max(map(len, prompts)), "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts)}
     return result
 
 
-def bench_grpo(tok, device, s, repeats, preset="bench", dtype="float32"):
+def bench_grpo(tok, device, s, repeats, preset="bench", dtype="float32", compile_sampler=False):
     """One train_rl run; its logged step times (after the first grpo_skip) are the repeats."""
     n = s["grpo_prompts"] * s["grpo_generations"]
     with tempfile.TemporaryDirectory() as out:
@@ -189,6 +196,7 @@ def bench_grpo(tok, device, s, repeats, preset="bench", dtype="float32"):
                 "--beta", "0.04", "--num_iterations", str(s["grpo_iterations"]),
                 "--families", "roots", "--n_prompts", str(s["grpo_prompts"] * s["grpo_steps"]),
                 "--eval_prompts", "1", "--eval_every", "0", "--log_every", "1", "--seed", "0", "--dtype", dtype]
+        argv += ["--compile_sampler"] if compile_sampler else []
         info("grpo: train_rl.py " + " ".join(argv))
         with contextlib.redirect_stdout(sys.stderr):  # its summary line is not ours
             train_rl.main(argv)
@@ -219,6 +227,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (autocast; GPU)")
     p.add_argument("--grpo_iterations", type=int, default=None,
                    help="num_iterations of the grpo benchmark (default 1, TRL's default; train_rl.py's is 2)")
+    p.add_argument("--compile_sampler", action="store_true",
+                   help="sample: also time generate(compile=True) (kv_cache_compiled); grpo: train_rl.py --compile_sampler")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat: a smoke test, not a measurement")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -235,11 +245,12 @@ def main(argv=None):
     lines = []
     for name in names:
         set_seed(0)
-        result = BENCHES[name](tok, device, sizes, repeats, args.preset, args.dtype)
+        sampler = {"compile_sampler": args.compile_sampler} if name != "sft" else {}  # SFT does not sample
+        result = BENCHES[name](tok, device, sizes, repeats, args.preset, args.dtype, **sampler)
         line = {"bench": name, **result, "device": f"{device.type} ({device_name(device)})",
                 "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "config": {**result["config"], "model": model_cfg, "dtype": args.dtype, "repeats": repeats,
-                           "quick": args.quick},
+                           "quick": args.quick, **sampler},
                 "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         print(json.dumps(line), flush=True)
         lines.append(line)

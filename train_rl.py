@@ -78,6 +78,8 @@ class RLConfig(PreferenceConfig):
     temperature: float = flag(0.7, "sampling temperature (the training forward uses it too)", "rollouts")
     top_k: int = flag(0, "sample among the k most likely tokens (0: all)", "rollouts")
     top_p: float = flag(1.0, "nucleus sampling mass (1: off)", "rollouts")
+    compile_sampler: bool = flag(False, "torch.compile the sampler's decoding step (CPU or GPU; the first "
+                                        "step pays ~30 s of compiling on a CPU)", "rollouts")
     mask_truncated_completions: bool = flag(False, "leave completions that hit the length limit out of the loss", "rollouts")
     reward_weights: str = flag("", "grader weights, e.g. math_grader=1,code_grader=0.5 (default 1 each)", "rollouts")
     # the policy update
@@ -293,7 +295,8 @@ def main(argv=None):
     reward_fn = reward_fn_for(use_graders, models, device, suites_dir)  # None: the graders alone
     order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
 
-    # the training forwards may be compiled / autocast (GPU); sampling uses the eager model
+    # the training forwards may be compiled / autocast (GPU); sampling uses the eager model, its
+    # decoding step compiled on its own with --compile_sampler
     train_policy = dist.wrap(torch.compile(policy) if cfg.compile else policy)  # DDP under torchrun
     train_critic = dist.wrap(critic) if critic else None
     world_n = dist.world_size()
@@ -344,7 +347,8 @@ def main(argv=None):
         records = [train_records[order[(step * cfg.prompts_per_step + i) % len(order)]] for i in range(cfg.prompts_per_step)]
         records = dist.shard(records)  # under torchrun each process samples whole groups for its prompts
         batch = sample_rollouts(policy, tok, records, cfg.num_generations, cfg.max_completion_length, cfg.temperature,
-                                cfg.top_k or None, cfg.top_p, weights, suites_dir, sampler_rng, reward_fn)
+                                cfg.top_k or None, cfg.top_p, weights, suites_dir, sampler_rng, reward_fn,
+                                cfg.compile_sampler)
         mask = batch.mask * (~batch.truncated).float()[:, None] if cfg.mask_truncated_completions else batch.mask
         B = mask.size(0)
         # 2. reference log-probs, values and advantages, before the update. The KL shaping uses the

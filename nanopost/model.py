@@ -78,6 +78,8 @@ class KVCache:
         self.k = torch.zeros(config.n_layer, batch_size, config.n_head, max_len, D, device=device, dtype=dtype)
         self.v = torch.zeros(config.n_layer, batch_size, config.n_head, max_len, D, device=device, dtype=dtype)
         self.batch_rows = torch.arange(batch_size, device=device)
+        self.heads = torch.arange(config.n_head, device=device)
+        self.layer_ids = torch.arange(config.n_layer, device=device)
         self.prefill(slice(None), slice(None))  # by default a prefill fills every row from itself
 
     def prefill(self, rows, source):
@@ -98,8 +100,9 @@ class KVCache:
             self.k[layer, self.fill_rows, :, :t] = k[self.fill_source]
             self.v[layer, self.fill_rows, :, :t] = v[self.fill_source]
             return k, v
-        self.k[layer, self.batch_rows, :, self.slots] = k[:, :, 0]  # (B, H, D) at (b, slots[b])
-        self.v[layer, self.batch_rows, :, self.slots] = v[:, :, 0]
+        where = (self.layer_ids[layer], self.batch_rows[:, None], self.heads, self.slots[:, None])  # (B, H) each
+        self.k.index_put_(where, k[:, :, 0])  # (B, H, D) at (layer, b, h, slots[b])
+        self.v.index_put_(where, v[:, :, 0])
         return self.k[layer, :, :, :self.end], self.v[layer, :, :, :self.end]
 
 
@@ -282,7 +285,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
-        if int(pos.max()) >= self.config.block_size:
+        if not torch.compiler.is_compiling() and int(pos.max()) >= self.config.block_size:
             raise ValueError(f"position {int(pos.max())} is beyond the context of {self.config.block_size} tokens")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):

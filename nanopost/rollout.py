@@ -39,16 +39,19 @@ class Rollouts:
 
 
 def sample_rollouts(model, tok, records, num_generations, max_completion_length, temperature=1.0, top_k=None,
-                    top_p=None, reward_weights=None, suites_dir=None, generator=None, reward_fn=None):
+                    top_p=None, reward_weights=None, suites_dir=None, generator=None, reward_fn=None,
+                    compile=False):
     """records: §8 dicts with 'prompt' (messages) and 'metadata'. Each prompt is repeated
     num_generations times, consecutively (the GRPO/RLOO groups). reward_fn(texts, records) may
-    replace the graders (a reward model); it returns one {name: reward} dict per completion."""
+    replace the graders (a reward model); it returns one {name: reward} dict per completion.
+    compile: generate()'s (a torch.compile'd decoding step)."""
     device = next(model.parameters()).device
     rows = [r for r in records for _ in range(num_generations)]
     prompts = [render_prompt(tok, r["prompt"]) for r in rows]
     t0 = time.time()
     tokens, logprobs, lengths, stopped = generate(model, prompts, max_completion_length, temperature, top_k, top_p,
-                                                  stop_ids=(tok.end_id,), pad_id=tok.pad_id, generator=generator)
+                                                  stop_ids=(tok.end_id,), pad_id=tok.pad_id, generator=generator,
+                                                  compile=compile)
     sample_s = time.time() - t0
     N = tokens.size(1)
     mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)

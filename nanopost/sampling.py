@@ -22,10 +22,32 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     The log-prob is that of the temperature-scaled distribution *before* top-k/top-p truncation:
     the quantity a training forward recomputes as log_softmax(logits / temperature).
     temperature 0 = greedy, with log-probs at temperature 1."""
+    u = uniforms(logits.size(0), temperature, logits.device, generator)
+    tokens, logprobs, finite = draw(logits, temperature, top_k, top_p, u)
+    check_finite(finite)
+    return tokens, logprobs
+
+
+def uniforms(n, temperature, device, generator=None):
+    """The one uniform per row that draw() needs, (n, 1) float32 in [0, 1); None when greedy."""
+    if temperature == 0:
+        return None
+    return torch.rand(n, 1, device=device, dtype=torch.float32, generator=generator)
+
+
+def check_finite(finite):
+    if finite is not None and not bool(finite):
+        raise ValueError("the model's logits are not finite (NaN or inf): cannot sample")
+
+
+def draw(logits, temperature, top_k, top_p, u):
+    """sample_next's arithmetic, given the uniforms u (B, 1): no host sync, so it compiles with the
+    decoding step. Returns tokens (B,), logprobs (B,) and whether every row's distribution was finite
+    (a 0-d bool tensor; None when greedy), which the caller checks."""
     logits = logits.float()
     if temperature == 0:
         tokens = logits.argmax(dim=-1)
-        return tokens, F.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+        return tokens, F.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1), None
     logits = logits / temperature
     logprobs = F.log_softmax(logits, dim=-1)  # (B, V)
     filtered = logits
@@ -45,15 +67,25 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     # raises the cumulative sum, never on a token of probability 0 and never past the end
     probs = logprobs.exp() if filtered is logits else F.softmax(filtered, dim=-1)  # (B, V)
     cdf = probs.double().cumsum(dim=-1)  # float64: in float32 a token below ~6e-8 would get zero width
-    if not bool(torch.isfinite(cdf[:, -1]).all()):
-        raise ValueError("the model's logits are not finite (NaN or inf): cannot sample")
-    u = torch.rand(cdf.size(0), 1, device=cdf.device, dtype=torch.float32, generator=generator).double()
-    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
-    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+    tokens = torch.searchsorted(cdf, u.double() * cdf[:, -1:], right=True).squeeze(1)
+    tokens = tokens.clamp_(max=cdf.size(1) - 1)  # only reached when the total is NaN, which finite reports
+    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1), torch.isfinite(cdf[:, -1]).all()
+
+
+def decode_step(model, cache, tokens, last, temperature, top_k, top_p, u):
+    """One new token for every row, with the KV cache: tokens (B,) is each row's newest token, at
+    position last (B,); cache.decode_at() has been called. Returns draw()'s (tokens, logprobs, finite).
+    generate(compile=True) runs this through torch.compile: the LayerNorms, GELUs, residual adds,
+    each layer's whole attention (a single query) and the draw's softmax become fused loops around
+    the matrix products (still BLAS calls), and the step's Python runs once, at compile time."""
+    keys = torch.arange(cache.end, device=tokens.device)
+    visible = (keys[None, :] <= last[:, None])[:, None, None, :]  # (B, 1, 1, T): a row's own tokens
+    logits = model(tokens[:, None], pos=last[:, None], attn_mask=visible, kv_cache=cache)[:, 0]  # (B, V)
+    return draw(logits, temperature, top_k, top_p, u)
 
 
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=(),
-             pad_id=0, generator=None, use_cache=True):
+             pad_id=0, generator=None, use_cache=True, compile=False):
     """Sample continuations for a batch of prompts of different lengths.
 
     prompts: list of B lists of token ids. Rows are right-padded: row b holds its prompt at
@@ -66,14 +98,18 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     `pad_id` with log-prob 0. Returns tokens (B, N) long, logprobs (B, N) float32, lengths (B,)
     (tokens generated, stop token included) and stopped (B,) bool (False = hit max_new_tokens).
     use_cache=False recomputes the whole sequence every step (the reference the cache must match).
+    compile=True runs each decoding step through torch.compile (compiled_decode_step): the same
+    arithmetic in fused kernels, so the same tokens up to float rounding; worth it from a few
+    hundred steps on, as the first call compiles (~30 s on a CPU).
     """
     with torch.inference_mode():  # less per-op bookkeeping than no_grad
         out = _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id, generator,
-                        use_cache)
+                        use_cache, compile)
     return tuple(t.clone() for t in out)  # ordinary tensors: inference tensors may not enter autograd later
 
 
-def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id, generator, use_cache):
+def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id, generator, use_cache,
+              compile):
     device = next(model.parameters()).device
     B, P = len(prompts), max(len(p) for p in prompts)
     assert min(len(p) for p in prompts) > 0, "every prompt needs at least one token"
@@ -95,30 +131,47 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_id
     cache = KVCache(model.config, B, L, device, next(model.parameters()).dtype) if use_cache else None
     was_training = model.training
     model.eval()
+    step = compiled_decode_step(device) if compile else decode_step
     for t in range(max_new_tokens):
         last = prompt_len + t - 1  # (B,) position of each row's newest token: it predicts the next
         if cache is None:  # the reference: every position again, plain causal over right-padded rows
             hidden = model(idx[:, :P + t], return_hidden=True)[rows, last]  # (B, C)
+            tokens, logprobs = sample_next(model.lm_head(hidden), temperature, top_k, top_p, generator)
         elif t == 0:
-            hidden = _prefill(model, prompts, cache)
-        else:
+            tokens, logprobs = sample_next(model.lm_head(_prefill(model, prompts, cache)), temperature, top_k, top_p,
+                                           generator)
+        else:  # tokens: each row's newest token, the last step's (a pad once the row is done)
             cache.decode_at(last, P + t)  # the longest row's newest token sits at P + t - 1
-            keys = torch.arange(P + t, device=device)
-            visible = (keys[None, :] <= last[:, None])[:, None, None, :]  # (B, 1, 1, T): a row's own tokens
-            hidden = model(idx[rows, last][:, None], pos=last[:, None], attn_mask=visible, kv_cache=cache,
-                           return_hidden=True)[:, 0]
-        tokens, logprobs = sample_next(model.lm_head(hidden), temperature, top_k, top_p, generator)
+            u = uniforms(B, temperature, device, generator)
+            tokens, logprobs, finite = step(model, cache, tokens, last, temperature, top_k, top_p, u)
+            check_finite(finite)
         tokens = tokens.masked_fill(done, pad_id)
         out_tokens[:, t] = tokens
         out_logprobs[:, t] = logprobs.masked_fill(done, 0.0)
         lengths += (~done).long()
-        idx[rows, last + 1] = tokens
+        if cache is None:
+            idx[rows, last + 1] = tokens
         if len(stop):
             done |= torch.isin(tokens, stop)
             if bool(done.all()):
                 break
     model.train(was_training)
     return out_tokens, out_logprobs, lengths, done
+
+
+_compiled_decode_steps = {}  # device type -> decode_step under torch.compile
+
+
+def compiled_decode_step(device):
+    """decode_step through torch.compile, made once per device type. The compiled code is reused
+    while the guards hold (the same model shapes, sampling settings and batch); the first call pays
+    the compile (~30 s on 2 CPU cores), and a second shape (cache length, batch) one recompile with
+    dynamic sizes. On a CPU the generated wrapper is C++ (cpp_wrapper): it calls the step's ~15
+    kernels without Python, which is a tenth of a step at this scale."""
+    if device.type not in _compiled_decode_steps:
+        options = {"cpp_wrapper": True} if device.type == "cpu" else {}
+        _compiled_decode_steps[device.type] = torch.compile(decode_step, options=options)
+    return _compiled_decode_steps[device.type]
 
 
 def _prefill(model, prompts, cache, max_waste=1.5):

@@ -2,6 +2,8 @@
 training-forward log-probs, stop tokens, top-k / top-p, context limits, document_mask, presets,
 tied embeddings."""
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -575,3 +577,43 @@ def test_generate_accepts_tensor_prompts(model):
     tok_l, _, _, _ = generate(model, prompts, max_new_tokens=5, temperature=0)
     tok_t, _, _, _ = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=5, temperature=0)
     assert torch.equal(tok_l, tok_t)
+
+
+# ----------------------------------------------------------------------------- compiled decoding
+
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                                    reason="torch.compile on a CPU needs a C++ compiler")
+
+
+@needs_compiler
+def test_compiled_decoding_matches_eager(model):
+    """generate(compile=True) runs each decoding step through torch.compile: the same tokens,
+    lengths and stops as the eager sampler, log-probs to float rounding, with top-k, top-p, a stop
+    token and prompts of different lengths; then a second batch of another size and length
+    (recompiled with dynamic shapes) matches too, and so does greedy decoding."""
+    settings = dict(temperature=0.9, top_k=40, top_p=0.95, pad_id=0)
+    for prompts, n in ((random_prompts(), 20), (random_prompts((3, 8, 2), seed=1), 12)):
+        seeded = lambda: torch.Generator().manual_seed(5)
+        stop_id = int(generate(model, prompts, n, generator=seeded(), **settings)[0][0, 4])  # row 0 stops by step 5
+        runs = [generate(model, prompts, n, generator=seeded(), stop_ids=(stop_id,), compile=c, **settings)
+                for c in (False, True)]
+        (tok_e, lp_e, len_e, stop_e), (tok_c, lp_c, len_c, stop_c) = runs
+        assert torch.equal(tok_c, tok_e) and torch.equal(len_c, len_e) and torch.equal(stop_c, stop_e)
+        torch.testing.assert_close(lp_c, lp_e, atol=1e-5, rtol=0)
+        assert stop_e[0] and len_e[0] <= 5 and (len_e > 1).all()  # decoding steps ran, in the compiled function
+    greedy = [generate(model, random_prompts(), 10, temperature=0, compile=c)[0] for c in (False, True)]
+    assert torch.equal(*greedy)
+
+
+@needs_compiler
+def test_compiled_decoding_reports_non_finite_logits():
+    """A NaN that first appears in a compiled decoding step (positions past the prompts have NaN
+    position embeddings) raises the sampler's error instead of drawing garbage tokens."""
+    model = random_model(1)
+    with torch.no_grad():
+        model.transformer.wpe.weight[6:] = float("nan")
+    prompts = [[1, 2, 3, 4, 5]] * 3
+    generate(model, prompts, 2, compile=True)  # positions 4 and 5: finite
+    with pytest.raises(ValueError, match="not finite"):
+        generate(model, prompts, 3, compile=True)
