@@ -22,14 +22,17 @@ has "bench", its numbers (the median over repeats, with the per-repeat list besi
           the peak is unknown: every CPU). 3 warm-up steps, then 20 timed steps per repeat, a fresh model each repeat.
   sample  64 rendered SFT prompts x 48 new tokens, temperature 1, no stop token (all 48 forced):
           new_tokens_per_s of model.generate with the KV cache and with use_cache=False (the whole
-          sequence recomputed every step, same sample_next), and the speed-up.
+          sequence recomputed every step, same sample_next), and the speed-up. With --compile_sampler
+          also kv_cache_compiled: generate(compile=True) (each decoding step through torch.compile),
+          timed after two full-size warm-up calls that compile it, and compiled_speedup over kv_cache.
   grpo    train_rl.main in-process: --algo grpo, 8 prompts x 8 generations x 32 new tokens, beta
           0.04 (so a reference model), num_iterations 1 (one update per batch of rollouts: TRL's
           default, so the comparison is like for like; train_rl.py's own default is 2), the roots
           prompts only (math_grader is pure Python; the code
           grader would add sandbox process start-ups). s_per_step is the median of the step_s that
           train_rl logs (held-out evaluation excluded) over the steps after the first 2, with the
-          sample and grade parts beside it; completions_per_s = 64 / s_per_step.
+          sample and grade parts beside it; completions_per_s = 64 / s_per_step. --compile_sampler:
+          train_rl.py --compile_sampler (the skipped first steps hold the compiling).
 
 Numbers go into the README's table with the machine and the date they were measured on.
 """
