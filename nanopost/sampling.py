@@ -100,7 +100,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     use_cache=False recomputes the whole sequence every step (the reference the cache must match).
     compile=True runs each decoding step through torch.compile (compiled_decode_step): the same
     arithmetic in fused kernels, so the same tokens up to float rounding; worth it from a few
-    hundred steps on, as the first call compiles (~30 s on a CPU).
+    hundred steps on, as the first call compiles (~30 s on a CPU). It applies to the cached path
+    only (use_cache=False stays eager).
     """
     with torch.inference_mode():  # less per-op bookkeeping than no_grad
         out = _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id, generator,
@@ -164,9 +165,11 @@ _compiled_decode_steps = {}  # device type -> decode_step under torch.compile
 
 def compiled_decode_step(device):
     """decode_step through torch.compile, made once per device type. The compiled code is reused
-    while the guards hold (the same model shapes, sampling settings and batch); the first call pays
-    the compile (~30 s on 2 CPU cores), and a second shape (cache length, batch) one recompile with
-    dynamic sizes. On a CPU the generated wrapper is C++ (cpp_wrapper): it calls the step's ~15
+    while the guards hold (the same model shapes, greedy or not, the same top_k / top_p values); the
+    first call pays the compile (~30 s on 2 CPU cores), and the first change of a size (the cache
+    length at the second step, later the batch or prompt length) one recompile with dynamic sizes.
+    Each other model shape or top_k / top_p value is one more graph; past torch._dynamo's
+    recompile_limit (8) a new configuration runs eagerly (same results, with a warning). On a CPU the generated wrapper is C++ (cpp_wrapper): it calls the step's ~15
     kernels without Python, which is a tenth of a step at this scale."""
     if device.type not in _compiled_decode_steps:
         options = {"cpp_wrapper": True} if device.type == "cpu" else {}

@@ -617,3 +617,15 @@ def test_compiled_decoding_reports_non_finite_logits():
     generate(model, prompts, 2, compile=True)  # positions 4 and 5: finite
     with pytest.raises(ValueError, match="not finite"):
         generate(model, prompts, 3, compile=True)
+
+
+def test_forward_rejects_positions_beyond_the_context_also_when_compiled():
+    """The bound check runs in every forward but the sampler's decoding step (generate() bounds
+    its positions itself): a compiled training forward raises the same clear error as eager."""
+    model = GPT(GPTConfig(**SMALL)).eval()
+    too_long = torch.randint(0, V, (1, SMALL["block_size"] + 1))
+    with pytest.raises(ValueError, match="beyond the context"):
+        model(too_long)
+    if shutil.which(os.environ.get("CXX", "g++")) is not None:
+        with pytest.raises(ValueError, match="beyond the context"):
+            torch.compile(model)(too_long)
