@@ -629,3 +629,12 @@ def test_forward_rejects_positions_beyond_the_context_also_when_compiled():
     if shutil.which(os.environ.get("CXX", "g++")) is not None:
         with pytest.raises(ValueError, match="beyond the context"):
             torch.compile(model)(too_long)
+
+
+def test_kv_cache_longer_than_the_context_is_refused():
+    """A decoding forward skips its position check because a cache never holds more positions than
+    the model has learned ones; the cache checks that when it is made."""
+    cfg = GPTConfig(**SMALL)
+    KVCache(cfg, batch_size=1, max_len=cfg.block_size, device="cpu", dtype=torch.float32)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        KVCache(cfg, batch_size=1, max_len=cfg.block_size + 1, device="cpu", dtype=torch.float32)
